@@ -1,0 +1,76 @@
+"""Reading and writing PyTorch checkpoints safely (weights_only, atomic writes)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from .errors import DeepCompError
+
+_WRAPPER_KEYS = ("state_dict", "network", "model_state_dict", "model")
+
+
+def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """Read a checkpoint file and return its state_dict.
+
+    Accepts ``{"state_dict": ...}`` (CompressAI's training checkpoints), a bare
+    state_dict, and keys with a ``module.`` prefix (DataParallel).  Never
+    unpickles arbitrary objects: ``torch.load(..., weights_only=True)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DeepCompError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeepCompError(f"cannot read checkpoint {path}: {first}") from None
+    if isinstance(obj, dict):
+        for key in _WRAPPER_KEYS:
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj:
+        raise DeepCompError(f"{path} holds no state_dict")
+    state = OrderedDict()
+    for name, value in obj.items():
+        if not isinstance(name, str) or not isinstance(value, torch.Tensor):
+            raise DeepCompError(f"{path} is not a state_dict: entry {name!r} is not a tensor")
+        if name.startswith("module."):
+            name = name[len("module."):]
+        state[name] = value
+    return state
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise DeepCompError(f"output folder does not exist: {directory}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
+    """Save a checkpoint dict (tensors, numbers, strings) atomically with torch.save."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,281 @@
+"""Rate-distortion training of CompressAI models (CompressAI's recipe).
+
+Loss ``lambda * 255^2 * MSE + bpp``; Adam (1e-4) on the network, a separate
+Adam (1e-3) on the entropy bottleneck ``quantiles`` minimising ``aux_loss()``;
+gradient clipping at 1.0; random crops with flips; a validation split carved
+out of the training photos; learning-rate decay on the validation loss.
+
+``masks`` (name -> 0/1 tensor) hold pruned weights at exactly zero, so the
+same loop serves masked retraining after pruning.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import zoo
+from .checkpoints import write_checkpoint
+from .errors import DeepCompError
+from .images import list_images, read_rgb
+
+TRAIN_HINT = "pass the folder of training photos with --data"
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "bmshj2018-factorized"
+    quality: int = 3
+    lmbda: float | None = None  # None: CompressAI's lambda for the quality
+    steps: int = 1000
+    batch_size: int = 8
+    patch_size: int = 256
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    clip_max_norm: float = 1.0
+    val_every: int = 500
+    val_fraction: float = 0.1
+    lr_patience: int = 4  # validations without improvement before lr /= 2
+    min_lr: float = 1e-6
+    seed: int = 0
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def resolved_lambda(self) -> float:
+        return self.lmbda if self.lmbda is not None else zoo.mse_lambda(self.quality)
+
+
+# ---------------------------------------------------------------- data
+def split_photos(folder: str | Path, val_fraction: float) -> tuple[list[Path], list[Path]]:
+    """A deterministic train/validation split: every k-th photo is validation."""
+    files = list_images(folder, hint=TRAIN_HINT)
+    if len(files) < 2:
+        raise DeepCompError(f"need at least two training photos in {folder}")
+    k = max(2, round(1 / val_fraction)) if val_fraction > 0 else len(files) + 1
+    val = [f for i, f in enumerate(files) if i % k == k - 1]
+    train = [f for f in files if f not in val]
+    return train, val
+
+
+class CropSampler:
+    """Random crops with horizontal/vertical flips from photos held in memory."""
+
+    def __init__(self, files: list[Path], patch: int, seed: int = 0):
+        self.images = [read_rgb(f) for f in files]
+        small = [f for f, im in zip(files, self.images) if min(im.shape[:2]) < patch]
+        if small:
+            raise DeepCompError(f"image {small[0]} is smaller than the {patch}px crop")
+        self.patch = patch
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, n: int) -> torch.Tensor:
+        out = np.empty((n, self.patch, self.patch, 3), dtype=np.uint8)
+        for i in range(n):
+            im = self.images[self.rng.integers(len(self.images))]
+            y = self.rng.integers(im.shape[0] - self.patch + 1)
+            x = self.rng.integers(im.shape[1] - self.patch + 1)
+            crop = im[y : y + self.patch, x : x + self.patch]
+            if self.rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            if self.rng.random() < 0.5:
+                crop = crop[::-1]
+            out[i] = crop
+        return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def validation_crops(files: list[Path], patch: int) -> torch.Tensor:
+    """Fixed crops (the four corners and the centre) of each validation photo."""
+    crops = []
+    for f in files:
+        im = read_rgb(f)
+        h, w = im.shape[:2]
+        for y, x in ((0, 0), (0, w - patch), (h - patch, 0), (h - patch, w - patch), ((h - patch) // 2, (w - patch) // 2)):
+            crops.append(im[y : y + patch, x : x + patch])
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+# ---------------------------------------------------------------- loss
+def rd_loss(out: dict, x: torch.Tensor, lmbda: float) -> dict:
+    """CompressAI's RateDistortionLoss (MSE): lambda * 255^2 * mse + bpp."""
+    n, _, h, w = x.shape
+    num_pixels = n * h * w
+    bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * num_pixels)
+    mse = torch.mean((out["x_hat"] - x) ** 2)
+    return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
+
+
+def psnr_from_mse(mse: float) -> float:
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def evaluate_rd(model: nn.Module, crops: torch.Tensor, lmbda: float, batch: int = 8) -> dict:
+    """Mean RD loss, bpp (likelihood estimate) and PSNR over fixed crops, eval mode."""
+    was_training = model.training
+    model.eval()
+    tot = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}
+    device = next(model.parameters()).device
+    for i in range(0, len(crops), batch):
+        x = crops[i : i + batch].to(device)
+        r = rd_loss(model(x), x, lmbda)
+        for k in tot:
+            tot[k] += float(r[k]) * len(x)
+    model.train(was_training)
+    res = {k: v / len(crops) for k, v in tot.items()}
+    res["psnr"] = psnr_from_mse(res["mse"])
+    return res
+
+
+# ---------------------------------------------------------------- optimisation
+def configure_optimizers(model: nn.Module, lr: float, aux_lr: float):
+    params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+    aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+    aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
+    return opt, aux_opt
+
+
+def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor] | None) -> None:
+    if not masks:
+        return
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, mask in masks.items():
+            params[name].mul_(mask)
+
+
+def train_steps(
+    model: nn.Module,
+    sampler: CropSampler,
+    cfg: TrainConfig,
+    state: dict,
+    val_crops: torch.Tensor | None = None,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    on_checkpoint: Callable[[dict], None] | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run training from ``state["step"]`` up to ``cfg.steps``.
+
+    ``state`` holds the optimisers' and scheduler's states and the history;
+    it is updated in place and returned, so a caller can checkpoint and resume.
+    """
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    lmbda = cfg.resolved_lambda()
+    opt, aux_opt = configure_optimizers(model, cfg.lr, cfg.aux_lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    if state.get("optimizer"):
+        opt.load_state_dict(state["optimizer"])
+        if aux_opt is not None and state.get("aux_optimizer"):
+            aux_opt.load_state_dict(state["aux_optimizer"])
+        sched.load_state_dict(state["scheduler"])
+    state.setdefault("step", 0)
+    state.setdefault("history", [])
+    device_masks = {k: v.to(device) for k, v in masks.items()} if masks else None
+    apply_masks(model, device_masks)
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc=f"train {cfg.arch} q{cfg.quality}", unit="step", dynamic_ncols=True)
+    t0 = time.time()
+    run = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+    while state["step"] < cfg.steps:
+        x = sampler.batch(cfg.batch_size).to(device)
+        opt.zero_grad(set_to_none=True)
+        if aux_opt is not None:
+            aux_opt.zero_grad(set_to_none=True)
+        out = model(x)
+        r = rd_loss(out, x, lmbda)
+        r["loss"].backward()
+        if cfg.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
+        opt.step()
+        if aux_opt is not None:
+            aux = model.aux_loss()
+            aux.backward()
+            aux_opt.step()
+        apply_masks(model, device_masks)
+        state["step"] += 1
+        for k in ("loss", "bpp", "mse"):
+            run[k] += r[k].item()
+        run["n"] += 1
+        bar.update(1)
+        if run["n"] and state["step"] % 20 == 0:
+            bar.set_postfix(loss=f"{run['loss'] / run['n']:.3f}", bpp=f"{run['bpp'] / run['n']:.3f}", psnr=f"{psnr_from_mse(run['mse'] / run['n']):.2f}")
+        done = state["step"] >= cfg.steps
+        if val_crops is not None and (state["step"] % cfg.val_every == 0 or done):
+            v = evaluate_rd(model, val_crops, lmbda)
+            sched.step(v["loss"])
+            entry = {
+                "step": state["step"],
+                "train_loss": run["loss"] / max(run["n"], 1),
+                "train_bpp": run["bpp"] / max(run["n"], 1),
+                "train_psnr": psnr_from_mse(run["mse"] / max(run["n"], 1)),
+                "val_loss": v["loss"], "val_bpp": v["bpp"], "val_psnr": v["psnr"],
+                "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0 + state.get("seconds", 0.0),
+            }
+            state["history"].append(entry)
+            log(
+                f"step {entry['step']}: train loss {entry['train_loss']:.4f} bpp {entry['train_bpp']:.4f} psnr {entry['train_psnr']:.2f} | "
+                f"val loss {v['loss']:.4f} bpp {v['bpp']:.4f} psnr {v['psnr']:.2f} | lr {entry['lr']:.2e}"
+            )
+            run = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
+        if on_checkpoint is not None and ((checkpoint_every and state["step"] % checkpoint_every == 0) or done):
+            state["optimizer"] = opt.state_dict()
+            state["aux_optimizer"] = aux_opt.state_dict() if aux_opt is not None else None
+            state["scheduler"] = sched.state_dict()
+            state["seconds"] = state.get("seconds", 0.0) + time.time() - t0
+            t0 = time.time()
+            on_checkpoint(state)
+    bar.close()
+    return state
+
+
+# ---------------------------------------------------------------- the command
+def train(cfg: TrainConfig, data: str | Path, out: str | Path, init: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) a CompressAI model; checkpoints go to ``out``.
+
+    ``out`` is a resumable training checkpoint: a dict with ``state_dict``
+    (CompressAI-loadable), the optimisers, the step and the history.  If it
+    exists, training resumes from it.  ``init`` seeds a new run with the
+    weights of another checkpoint (e.g. a long quality-3 run for other lambdas).
+    """
+    from .checkpoints import read_state_dict
+
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(out)
+    model = zoo.build(cfg.arch, cfg.quality)
+    state: dict = {}
+    if out.exists():
+        ckpt = torch.load(out, map_location="cpu", weights_only=True)
+        zoo.assign_weights(model, ckpt["state_dict"], str(out))
+        state = ckpt.get("train_state", {})
+        log(f"resuming {out} at step {state.get('step', 0)}")
+    elif init is not None:
+        zoo.assign_weights(model, read_state_dict(init), str(init))
+        log(f"initialised from {init}")
+    model.to(device)
+    train_files, val_files = split_photos(data, cfg.val_fraction)
+    log(f"{len(train_files)} training photos, {len(val_files)} validation photos ({', '.join(f.name for f in val_files)}), device {device}")
+    sampler = CropSampler(train_files, cfg.patch_size, seed=cfg.seed + state.get("step", 0))
+    val = validation_crops(val_files, min(256, cfg.patch_size * 2))
+
+    def save(st: dict) -> None:
+        cpu_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        write_checkpoint(out, {"state_dict": cpu_sd, "train_state": st, "config": asdict(cfg), "device": str(device)})
+
+    train_steps(model, sampler, cfg, state, val_crops=val, on_checkpoint=save, checkpoint_every=cfg.val_every, progress=progress, log=log)
+    return out

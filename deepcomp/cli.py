@@ -29,13 +29,108 @@ def cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr,
         val_every=args.val_every, seed=args.seed, threads=args.threads,
     )
-    train(cfg, args.data, args.out, init=args.init, progress=not args.quiet)
+    if args.init is not None and args.resume is not None:
+        raise DeepCompError("give --init or --resume, not both")
+    train(cfg, args.data, args.out, init=args.init, resume=args.resume, progress=not args.quiet)
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1): {text}")
+    return v
+
+
+def _bits(text: str) -> int:
+    v = _positive_int(text)
+    if v > 16:
+        raise argparse.ArgumentTypeError(f"bit width must be 1..16: {text}")
+    return v
+
+
+def _tqdm_progress(desc: str, quiet: bool):
+    from tqdm import tqdm
+
+    return lambda items: tqdm(items, desc=desc, unit="tensor", disable=quiet, dynamic_ncols=True, leave=False)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .model_file import compress_checkpoint
+    from .policy import Policy, read_policy
+
+    policy = read_policy(args.policy) if args.policy else Policy()
+    policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
+    if args.global_prune:
+        if args.prune is None:
+            raise DeepCompError("--global-prune needs --prune")
+        policy = replace(policy, global_prune=args.prune)
+    if args.raw_storage:
+        policy = replace(policy, rules=tuple(replace(r, storage=args.raw_storage) for r in policy.rules))
+    if args.quality is not None and args.arch is None:
+        raise DeepCompError("--quality needs --arch")
+    size = compress_checkpoint(args.checkpoint, args.out, policy, args.arch, args.quality, progress=_tqdm_progress("compress", args.quiet))
+    src = args.checkpoint.stat().st_size
+    print(f"wrote {args.out}: {size:,} bytes, {src / size:.2f}x smaller than {args.checkpoint} ({src:,} bytes)")
+    return 0
+
+
+def cmd_decompress(args: argparse.Namespace) -> int:
+    from .checkpoints import write_checkpoint
+    from .model_file import file_info, load, load_model
+
+    header = file_info(args.file)
+    if header.get("arch"):
+        state = load_model(args.file).state_dict()  # with the rebuilt entropy-coder buffers
+    else:
+        state = load(args.file)
+    write_checkpoint(args.out, {"state_dict": dict(state)})
+    print(f"wrote {args.out}: {len(state)} tensors")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import json
+
+    from . import container
+    from .inspection import describe, format_table
+
+    info = describe(container.read(args.file), args.file.stat().st_size)
+    print(json.dumps(info, indent=1) if args.json else format_table(info))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepcomp", description="Deep Compression for learned image compression models")
     sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="prune, share and Huffman-code a checkpoint into a deepcomp file")
+    c.add_argument("checkpoint", type=Path, help="a .pth.tar checkpoint (state_dict or {'state_dict': ...})")
+    c.add_argument("-o", "--out", type=Path, required=True, help="the deepcomp file to write (.dcmp)")
+    c.add_argument("--arch", default=None, help="CompressAI architecture (e.g. bmshj2018-factorized)")
+    c.add_argument("--quality", type=_positive_int, default=None)
+    c.add_argument("--prune", type=_fraction, default=None, help="fraction of conv/linear weights to prune by magnitude")
+    c.add_argument("--global-prune", action="store_true", help="one magnitude threshold across all pruned tensors")
+    c.add_argument("--bits", type=_bits, default=None, help="bit width of the conv/linear weight codebooks (default 8)")
+    c.add_argument("--policy", type=Path, default=None, help="a JSON policy file of per-name rules")
+    c.add_argument("--raw-storage", choices=("fp32", "fp16"), default=None, help="storage of tensors left unshared")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compress)
+
+    d = sub.add_parser("decompress", help="rebuild a checkpoint from a deepcomp file")
+    d.add_argument("file", type=Path)
+    d.add_argument("-o", "--out", type=Path, required=True, help="the .pth.tar checkpoint to write")
+    d.set_defaults(func=cmd_decompress)
+
+    i = sub.add_parser("inspect", help="per-tensor sizes, densities and entropy bounds of a deepcomp file")
+    i.add_argument("file", type=Path)
+    i.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    i.set_defaults(func=cmd_inspect)
 
     t = sub.add_parser("train", help="train (or resume) a CompressAI model on the rate-distortion loss")
     t.add_argument("--arch", default="bmshj2018-factorized")
@@ -50,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--data", type=Path, default=DEFAULT_TRAIN_DATA, help="training photos (never Kodak)")
     t.add_argument("--init", type=Path, default=None, help="start a new run from these weights")
+    t.add_argument("--resume", type=Path, default=None, help="continue this run (e.g. a committed baseline) into --out")
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)

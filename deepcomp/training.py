@@ -241,13 +241,35 @@ def train_steps(
 
 
 # ---------------------------------------------------------------- the command
-def train(cfg: TrainConfig, data: str | Path, out: str | Path, init: str | Path | None = None, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+def _read_training_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise DeepCompError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DeepCompError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise DeepCompError(f"{path} is not a deepcomp training checkpoint (no state_dict)")
+    return ckpt
+
+
+def train(
+    cfg: TrainConfig,
+    data: str | Path,
+    out: str | Path,
+    init: str | Path | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
     """Train (or resume) a CompressAI model; checkpoints go to ``out``.
 
     ``out`` is a resumable training checkpoint: a dict with ``state_dict``
     (CompressAI-loadable), the optimisers, the step and the history.  If it
-    exists, training resumes from it.  ``init`` seeds a new run with the
-    weights of another checkpoint (e.g. a long quality-3 run for other lambdas).
+    exists, training resumes from it.  ``resume`` continues another run's
+    checkpoint (e.g. a committed baseline, whose step, history and learning
+    rate it carries); ``init`` seeds a new run with another checkpoint's
+    weights only (e.g. a long quality-3 run for other lambdas).
     """
     from .checkpoints import read_state_dict
 
@@ -259,11 +281,12 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, init: str | Path 
     out = Path(out)
     model = zoo.build(cfg.arch, cfg.quality)
     state: dict = {}
-    if out.exists():
-        ckpt = torch.load(out, map_location="cpu", weights_only=True)
-        zoo.assign_weights(model, ckpt["state_dict"], str(out))
-        state = ckpt.get("train_state", {})
-        log(f"resuming {out} at step {state.get('step', 0)}")
+    source = out if out.exists() else (Path(resume) if resume is not None else None)
+    if source is not None:
+        ckpt = _read_training_checkpoint(source)
+        zoo.assign_weights(model, ckpt["state_dict"], str(source))
+        state = dict(ckpt.get("train_state") or {})
+        log(f"resuming {source} at step {state.get('step', 0)}")
     elif init is not None:
         zoo.assign_weights(model, read_state_dict(init), str(init))
         log(f"initialised from {init}")
@@ -279,3 +302,20 @@ def train(cfg: TrainConfig, data: str | Path, out: str | Path, init: str | Path 
 
     train_steps(model, sampler, cfg, state, val_crops=val, on_checkpoint=save, checkpoint_every=cfg.val_every, progress=progress, log=log)
     return out
+
+
+def export_baseline(train_checkpoint: str | Path, out: str | Path) -> dict:
+    """Write a CompressAI-loadable baseline from a training checkpoint.
+
+    ``{"state_dict": ..., "train_state": ..., "config": ...}``: fp32 weights
+    with ``update(force=True)`` applied, plus the step, history, scheduler and
+    learning rate (not the optimiser moments, to keep the file small), so that
+    ``deepcomp train --resume`` continues the run.
+    """
+    ckpt = _read_training_checkpoint(Path(train_checkpoint))
+    cfg = ckpt.get("config") or {}
+    model = zoo.model_from_state_dict(cfg.get("arch", "bmshj2018-factorized"), int(cfg.get("quality", 3)), ckpt["state_dict"], str(train_checkpoint))
+    state = {k: v for k, v in (ckpt.get("train_state") or {}).items() if k not in ("optimizer", "aux_optimizer")}
+    payload = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "train_state": state, "config": cfg, "device": ckpt.get("device")}
+    write_checkpoint(out, payload)
+    return payload

@@ -7,8 +7,9 @@ and turning a plain state_dict into a model ready for ``compress()``.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -40,8 +41,24 @@ def architectures() -> list[str]:
     return sorted(_image_models())
 
 
-def build(arch: str, quality: int) -> nn.Module:
-    """A freshly initialised CompressAI model (never downloads weights)."""
+@contextlib.contextmanager
+def _no_conv_init() -> Iterator[None]:
+    """Skip the random initialisation of conv weights (most of the build time)."""
+    conv = nn.modules.conv._ConvNd
+    saved = conv.reset_parameters
+    conv.reset_parameters = lambda self: None
+    try:
+        yield
+    finally:
+        conv.reset_parameters = saved
+
+
+def build(arch: str, quality: int, init_weights: bool = True) -> nn.Module:
+    """A freshly initialised CompressAI model (never downloads weights).
+
+    ``init_weights=False`` leaves conv weights uninitialised: for callers that
+    overwrite every weight at once (``model_from_state_dict``).
+    """
     models = _image_models()
     if arch not in models:
         raise DeepCompError(f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(models))}")
@@ -50,7 +67,8 @@ def build(arch: str, quality: int) -> nn.Module:
     if quality not in cfgs.get(arch, {}):
         valid = ", ".join(str(q) for q in sorted(cfgs.get(arch, {})))
         raise DeepCompError(f"quality {quality} does not exist for {arch}; valid: {valid}")
-    return models[arch](quality=quality, pretrained=False)
+    with contextlib.nullcontext() if init_weights else _no_conv_init():
+        return models[arch](quality=quality, pretrained=False)
 
 
 def is_derived(name: str) -> bool:
@@ -100,10 +118,21 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
 def model_from_state_dict(arch: str, quality: int, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """Build ``arch`` at ``quality``, load the weights, update the entropy coders."""
-    return load_weights(build(arch, quality), state_dict, source)
+    return load_weights(build(arch, quality, init_weights=False), state_dict, source)
 
 
 def mse_lambda(quality: int) -> float:
     if quality not in MSE_LAMBDAS:
         raise DeepCompError(f"no MSE lambda for quality {quality}; valid: 1-8")
     return MSE_LAMBDAS[quality]
+
+
+def output_channel_axes(model: nn.Module) -> dict[str, int]:
+    """Axis of the output channels of each conv weight (1 for transposed convs)."""
+    axes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.conv._ConvTransposeNd):
+            axes[f"{name}.weight"] = 1
+        elif isinstance(module, nn.modules.conv._ConvNd):
+            axes[f"{name}.weight"] = 0
+    return axes

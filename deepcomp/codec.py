@@ -1,0 +1,257 @@
+"""A state_dict <-> the records of a deepcomp file, following a policy.
+
+Works on NumPy arrays (any framework's tensors converted at the edge).  Per
+tensor: prune (``pruning``), share (``weight_sharing``), code the positions
+(``sparse_positions``) and the codebook indices (``huffman``), or store raw.
+
+A shared tensor decodes to exactly ``codebook[index]`` at the kept positions
+and 0 at the pruned ones.  Three layouts for a shared tensor, the smallest
+chosen per tensor:
+
+- ``dense``: no weight is zero; one index per element.
+- ``gaps``: Han's relative-index coding of the kept positions plus one index
+  per kept weight.
+- ``zero-symbol``: one index per element, zero being an extra symbol ``k``
+  (``len(codebook)``); no positions.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping
+
+import numpy as np
+
+from . import huffman, pruning, sparse_positions
+from .container import Container
+from .errors import DeepCompError
+from .policy import Policy, Rule
+from .weight_sharing import kmeans_share, uniform_share, uniform_share_per_channel
+
+FORMAT_NAME = "deepcomp"
+_RAW_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}
+
+
+@dataclass
+class Stream:
+    """A Huffman-coded symbol stream and its record indices."""
+
+    lengths: int
+    stream: int
+    nbits: int
+    count: int
+
+    def to_json(self) -> dict:
+        return {"lengths": self.lengths, "stream": self.stream, "nbits": self.nbits, "count": self.count}
+
+
+def _code(container: Container, symbols: np.ndarray, alphabet: int) -> Stream:
+    freq = np.bincount(symbols, minlength=alphabet) if symbols.size else np.zeros(alphabet, np.int64)
+    lengths = huffman.code_lengths(freq)
+    payload, nbits = huffman.encode(symbols, lengths)
+    return Stream(container.add(huffman.pack_lengths(lengths)), container.add(payload), int(nbits), int(symbols.size))
+
+
+def _stream_cost(symbols: np.ndarray, alphabet: int) -> int:
+    """Bits of the Huffman stream plus its packed length table."""
+    freq = np.bincount(symbols, minlength=alphabet)
+    lengths = huffman.code_lengths(freq)
+    return huffman.stream_bits(freq, lengths) + 8 * len(huffman.pack_lengths(lengths))
+
+
+def _uncode(container: Container, entry: dict, source: str) -> np.ndarray:
+    rec = container.records
+    try:
+        lengths = huffman.unpack_lengths(rec[entry["lengths"]])
+        return huffman.decode(rec[entry["stream"]], int(entry["nbits"]), lengths, int(entry["count"]))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise DeepCompError(f"{source}: bad stream description ({exc})") from None
+
+
+@dataclass
+class Plan:
+    """What happens to one tensor: its rule and its mask (None: dense)."""
+
+    rule: Rule
+    mask: np.ndarray | None = None
+
+
+def plan_tensors(arrays: Mapping[str, np.ndarray], policy: Policy) -> "OrderedDict[str, Plan]":
+    """Rules and pruning masks for every tensor (global pruning if the policy says so)."""
+    plans = OrderedDict((n, Plan(policy.rule_for(n, np.shape(a)))) for n, a in arrays.items())
+    prunable = {n: arrays[n] for n, p in plans.items() if p.rule.prunes and _is_float(arrays[n])}
+    if policy.global_prune is not None:
+        for n, m in pruning.global_masks(prunable, policy.global_prune).items():
+            plans[n].mask = m
+    else:
+        for n, a in prunable.items():
+            r = plans[n].rule
+            plans[n].mask = pruning.magnitude_mask(a, r.prune) if r.prune else pruning.threshold_mask(a, r.prune_std)
+    return plans
+
+
+def _is_float(a: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(a).dtype, np.floating)
+
+
+def _encode_raw(container: Container, name: str, a: np.ndarray, storage: str) -> dict:
+    a = np.asarray(a)
+    if _is_float(a):
+        stored = a.astype(_RAW_DTYPES[storage])
+    else:
+        storage = "native"
+        stored = a.astype(a.dtype.newbyteorder("<"))
+    return {
+        "name": name, "shape": list(a.shape), "dtype": a.dtype.name, "encoding": "raw",
+        "storage": storage, "stored_dtype": stored.dtype.str, "data": container.add(stored.tobytes()),
+    }
+
+
+def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, mask: np.ndarray | None, channel_axis: int, seed: int) -> dict:
+    a = np.asarray(a, dtype=np.float32)
+    flat = a.ravel()
+    kept = flat != 0
+    if mask is not None:
+        kept &= np.asarray(mask, dtype=bool).ravel()
+    positions = np.flatnonzero(kept)
+    values = flat[positions]
+    entry = {"name": name, "shape": list(a.shape), "dtype": "float32", "encoding": "shared", "bits": rule.bits, "quantizer": rule.quantizer}
+    per_channel = rule.quantizer == "uniform" and rule.per_channel and a.ndim >= 1
+    if per_channel:
+        axis = channel_axis % a.ndim
+        books, idx_full = uniform_share_per_channel(np.where(kept.reshape(a.shape), a, 0.0), rule.bits, axis=axis)
+        codebook, indices = books.astype(np.float32), idx_full.ravel()[positions]
+        entry["channel_axis"] = axis
+    else:
+        shared = kmeans_share(values, rule.bits, init=rule.init, seed=seed) if rule.quantizer == "kmeans" else uniform_share(values, rule.bits)
+        codebook, indices = shared.codebook, shared.indices
+        entry["init"] = rule.init if rule.quantizer == "kmeans" else None
+    k = codebook.shape[-1]
+    entry["codebook"] = container.add(codebook.astype("<f4").tobytes())
+    entry["codebook_shape"] = list(codebook.shape)
+    entry["kept"] = int(positions.size)
+
+    if positions.size == flat.size:
+        layout = "dense"
+    else:
+        # choose the smaller of gap coding and a zero symbol
+        gap_bits = sparse_positions.choose_gap_bits(kept)
+        gaps = sparse_positions.encode_gaps(kept, gap_bits)
+        cost_gaps = _stream_cost(gaps, 1 << gap_bits) + (_stream_cost(indices, k) if indices.size else 0)
+        with_zero = np.full(flat.size, k, dtype=np.int64)
+        with_zero[positions] = indices
+        cost_zero = _stream_cost(with_zero, k + 1) if not per_channel else None
+        layout = "gaps" if cost_zero is None or cost_gaps <= cost_zero else "zero-symbol"
+    entry["layout"] = layout
+    if layout == "gaps":
+        entry["gap_bits"] = int(gap_bits)
+        entry["positions"] = _code(container, gaps, 1 << gap_bits).to_json()
+        entry["indices"] = _code(container, indices, k).to_json()
+    elif layout == "zero-symbol":
+        entry["indices"] = _code(container, with_zero, k + 1).to_json()
+    else:
+        entry["indices"] = _code(container, indices, k).to_json()
+    return entry
+
+
+def encode_arrays(
+    arrays: Mapping[str, np.ndarray],
+    policy: Policy | None = None,
+    meta: Mapping | None = None,
+    channel_axes: Mapping[str, int] | None = None,
+    seed: int = 0,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> Container:
+    """Encode named arrays into a ``Container`` (header + records)."""
+    policy = policy or Policy()
+    channel_axes = channel_axes or {}
+    container = Container(header={"format": FORMAT_NAME, **(meta or {}), "policy": policy.to_json(), "tensors": []})
+    plans = plan_tensors(arrays, policy)
+    items = list(plans.items())
+    for name, plan in progress(items) if progress else items:
+        a = np.asarray(arrays[name])
+        if plan.rule.bits is not None and _is_float(a) and a.size > 0:
+            entry = _encode_shared(container, name, a, plan.rule, plan.mask, channel_axes.get(name, 0), seed)
+        else:
+            entry = _encode_raw(container, name, a, plan.rule.storage)
+        container.header["tensors"].append(entry)
+    return container
+
+
+def _decode_shared(container: Container, e: dict, source: str) -> np.ndarray:
+    shape = tuple(e["shape"])
+    size = int(np.prod(shape, dtype=np.int64))
+    book_shape = tuple(e["codebook_shape"])
+    codebook = np.frombuffer(container.records[e["codebook"]], dtype="<f4")
+    if codebook.size != int(np.prod(book_shape, dtype=np.int64)):
+        raise DeepCompError(f"{source}: codebook of {e['name']} has the wrong size")
+    codebook = codebook.reshape(book_shape)
+    k = book_shape[-1]
+    layout = e["layout"]
+    indices = _uncode(container, e["indices"], source)
+    out = np.zeros(size, dtype=np.float32)
+    if layout == "zero-symbol":
+        if len(book_shape) != 1 or indices.size != size or (indices.size and indices.max() > k):
+            raise DeepCompError(f"{source}: indices of {e['name']} do not fit its shape or codebook")
+        out = np.append(codebook, np.float32(0))[indices]
+        return out.reshape(shape)
+    if layout == "dense":
+        positions = None
+        expected = size
+    elif layout == "gaps":
+        gaps = _uncode(container, e["positions"], source)
+        positions = sparse_positions.decode_positions(gaps, int(e["gap_bits"]), size)
+        expected = positions.size
+    else:
+        raise DeepCompError(f"{source}: unknown layout {layout!r} for {e['name']}")
+    if indices.size != expected or (indices.size and indices.max() >= k):
+        raise DeepCompError(f"{source}: indices of {e['name']} do not fit its positions or codebook")
+    if len(book_shape) == 2:  # per-channel codebooks
+        axis = int(e["channel_axis"])
+        inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
+        where = np.arange(size) if positions is None else positions
+        values = codebook[(where // inner) % shape[axis], indices]
+    else:
+        values = codebook[indices]
+    if positions is None:
+        out[:] = values
+    else:
+        out[positions] = values
+    return out.reshape(shape)
+
+
+def _decode_raw(container: Container, e: dict, source: str) -> np.ndarray:
+    stored = np.dtype(e["stored_dtype"])
+    raw = container.records[e["data"]]
+    shape = tuple(e["shape"])
+    if len(raw) != stored.itemsize * int(np.prod(shape, dtype=np.int64)):
+        raise DeepCompError(f"{source}: raw data of {e['name']} has the wrong size")
+    return np.frombuffer(raw, dtype=stored).reshape(shape).astype(np.dtype(e["dtype"]))
+
+
+def decode_arrays(container: Container, source: str = "file") -> "OrderedDict[str, np.ndarray]":
+    """Decode every tensor of a container to NumPy arrays."""
+    if container.header.get("format") != FORMAT_NAME or not isinstance(container.header.get("tensors"), list):
+        raise DeepCompError(f"{source}: not a deepcomp model (header has no tensor list)")
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for e in container.header["tensors"]:
+        try:
+            if e["encoding"] == "shared":
+                out[e["name"]] = _decode_shared(container, e, source)
+            elif e["encoding"] == "raw":
+                out[e["name"]] = _decode_raw(container, e, source)
+            else:
+                raise DeepCompError(f"{source}: unknown encoding {e['encoding']!r}")
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise DeepCompError(f"{source}: bad description of tensor {e.get('name', '?') if isinstance(e, dict) else '?'} ({exc})") from None
+    return out
+
+
+def tensor_records(entry: dict) -> list[int]:
+    """The record indices one tensor entry uses."""
+    recs = [entry[k] for k in ("data", "codebook") if k in entry]
+    for k in ("indices", "positions"):
+        if k in entry:
+            recs += [entry[k]["lengths"], entry[k]["stream"]]
+    return recs

@@ -1,0 +1,96 @@
+"""The torch edge of the codec: checkpoints in, deepcomp files out, and back.
+
+``compress_state_dict`` / ``compress_checkpoint`` write a deepcomp file;
+``load`` returns its state_dict; ``load_model`` rebuilds a CompressAI model
+ready for ``compress()``/``decompress()``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__, codec, container, zoo
+from .checkpoints import read_state_dict
+from .errors import DeepCompError
+from .policy import Policy
+
+
+def _to_numpy(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, np.ndarray]":
+    return OrderedDict((k, v.detach().cpu().numpy()) for k, v in state_dict.items())
+
+
+def compress_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    policy: Policy | None = None,
+    arch: str | None = None,
+    quality: int | None = None,
+    reference_bytes: int | None = None,
+    progress=None,
+) -> container.Container:
+    """Encode a state_dict.  With ``arch``/``quality`` (a CompressAI model) the
+    weights are checked against the architecture and derived buffers dropped."""
+    channel_axes = {}
+    if arch is not None:
+        if quality is None:
+            raise DeepCompError("--quality is needed with --arch")
+        model = zoo.build(arch, quality)
+        zoo.assign_weights(model, state_dict, "checkpoint")  # fails clearly if it does not fit
+        state_dict = zoo.strip_derived(state_dict)
+        channel_axes = zoo.output_channel_axes(model)
+    arrays = _to_numpy(state_dict)
+    meta = {
+        "deepcomp_version": __version__,
+        "arch": arch,
+        "quality": quality,
+        "reference": {
+            "fp32_bytes": int(sum(a.size for a in arrays.values()) * 4),
+            "checkpoint_bytes": reference_bytes,
+        },
+    }
+    return codec.encode_arrays(arrays, policy, meta, channel_axes=channel_axes, progress=progress)
+
+
+def compress_checkpoint(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    policy: Policy | None = None,
+    arch: str | None = None,
+    quality: int | None = None,
+    progress=None,
+) -> int:
+    """Compress a checkpoint file into a deepcomp file; returns its size in bytes."""
+    state_dict = read_state_dict(checkpoint)
+    c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=Path(checkpoint).stat().st_size, progress=progress)
+    return container.write(out, c)
+
+
+def load_arrays(path: str | os.PathLike) -> "OrderedDict[str, np.ndarray]":
+    return codec.decode_arrays(container.read(path), source=str(path))
+
+
+def load(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
+    """The state_dict stored in a deepcomp file (derived buffers not included)."""
+    return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in load_arrays(path).items())
+
+
+def file_info(path: str | os.PathLike) -> dict:
+    """The header of a deepcomp file (arch, quality, policy, tensors, records)."""
+    return container.read(path).header
+
+
+def load_model(path: str | os.PathLike, arch: str | None = None, quality: int | None = None) -> nn.Module:
+    """A CompressAI model rebuilt from a deepcomp file, in eval mode, entropy coders updated."""
+    c = container.read(path)
+    arch = arch or c.header.get("arch")
+    quality = quality or c.header.get("quality")
+    if arch is None or quality is None:
+        raise DeepCompError(f"{path} does not name its architecture; pass --arch and --quality")
+    state = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in codec.decode_arrays(c, str(path)).items())
+    return zoo.model_from_state_dict(arch, int(quality), state, source=str(path))

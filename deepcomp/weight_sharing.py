@@ -1,0 +1,140 @@
+"""Weight sharing: per-tensor codebooks and the indices into them.
+
+k-means (scikit-learn) over the surviving weights with linear, density-based
+or Forgy centroid initialisation, as in Han et al.; and a uniform b-bit
+quantizer (per tensor or per output channel), the int8 baseline.
+
+k-means on one-dimensional data is exact on a fine histogram: the weights
+are binned into at most ``HISTOGRAM_BINS`` bins and scikit-learn's KMeans
+runs on the bin centres weighted by their counts, which makes it fast for
+millions of weights; a final exact step assigns every weight to its nearest
+centroid and moves each centroid to the mean of its weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeepCompError
+
+INITS = ("linear", "density", "forgy")
+HISTOGRAM_BINS = 1 << 13
+
+
+@dataclass
+class SharedWeights:
+    """``codebook[indices]`` reconstructs the shared values (float32)."""
+
+    codebook: np.ndarray  # float32, shape (k,) or (channels, k) for per-channel uniform
+    indices: np.ndarray  # int64, same length as the values that were shared
+
+    def reconstruct(self) -> np.ndarray:
+        return self.codebook[self.indices]
+
+
+def _check_bits(bits: int) -> None:
+    if not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+        raise DeepCompError(f"bit width must be an integer in 1..16, got {bits!r}")
+
+
+def initial_centroids(values: np.ndarray, k: int, init: str, seed: int = 0) -> np.ndarray:
+    """Han et al.'s three initialisations of ``k`` centroids for 1-D ``values``."""
+    if init == "linear":
+        return np.linspace(values.min(), values.max(), k)
+    if init == "density":
+        return np.quantile(values, np.linspace(0.0, 1.0, k))
+    if init == "forgy":
+        rng = np.random.default_rng(seed)
+        return rng.choice(values, size=k, replace=False)
+    raise DeepCompError(f"unknown centroid initialisation {init!r}; choose one of {', '.join(INITS)}")
+
+
+def assign_nearest(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Index of the nearest centroid for each value (centroids sorted ascending)."""
+    midpoints = (centroids[1:] + centroids[:-1]) / 2.0
+    return np.searchsorted(midpoints, values, side="left")
+
+
+def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int = 0, max_iter: int = 100) -> SharedWeights:
+    """Cluster 1-D ``values`` into at most ``2**bits`` shared values.
+
+    Returns a sorted float32 codebook and each value's index.  Clusters that
+    end up empty are dropped, so the codebook may be shorter than ``2**bits``.
+    """
+    from sklearn.cluster import KMeans
+
+    _check_bits(bits)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0:
+        return SharedWeights(np.zeros(0, np.float32), np.zeros(0, np.int64))
+    if init not in INITS:
+        raise DeepCompError(f"unknown centroid initialisation {init!r}; choose one of {', '.join(INITS)}")
+    unique = np.unique(values)
+    k = 1 << bits
+    if unique.size <= k:  # nothing to cluster: every distinct value is a centroid
+        codebook = unique.astype(np.float32)
+        return SharedWeights(codebook, np.searchsorted(codebook, values.astype(np.float32)).astype(np.int64))
+    lo, hi = float(values.min()), float(values.max())
+    nbins = min(HISTOGRAM_BINS, unique.size)
+    if nbins < HISTOGRAM_BINS:
+        points, weights = unique, np.ones(unique.size)
+        counts = np.unique(values, return_counts=True)[1]
+        weights = counts.astype(np.float64)
+    else:
+        counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
+        sums = np.bincount(np.clip(((values - lo) / (hi - lo) * nbins).astype(np.int64), 0, nbins - 1), weights=values, minlength=nbins)
+        used = counts > 0
+        points, weights = sums[used] / counts[used], counts[used].astype(np.float64)
+    init_c = initial_centroids(values if init != "forgy" else points, k, init, seed)
+    init_c = np.unique(init_c)
+    km = KMeans(n_clusters=init_c.size, init=init_c.reshape(-1, 1), n_init=1, max_iter=max_iter, random_state=seed, tol=1e-10)
+    km.fit(points.reshape(-1, 1), sample_weight=weights)
+    centroids = np.sort(km.cluster_centers_.ravel())
+    # exact final step on the raw values: assign, then move to the mean
+    idx = assign_nearest(values, centroids)
+    counts = np.bincount(idx, minlength=centroids.size)
+    sums = np.bincount(idx, weights=values, minlength=centroids.size)
+    used = counts > 0
+    codebook = (sums[used] / counts[used]).astype(np.float32)
+    order = np.argsort(codebook, kind="stable")
+    codebook = codebook[order]
+    remap = np.full(centroids.size, -1, dtype=np.int64)
+    remap[np.flatnonzero(used)[order]] = np.arange(codebook.size)
+    return SharedWeights(codebook, remap[idx])
+
+
+def uniform_share(values: np.ndarray, bits: int) -> SharedWeights:
+    """Symmetric uniform quantizer: ``2**(bits-1) - 1`` levels each side of zero.
+
+    The codebook is ``scale * (arange(levels) - offset)``; 1 bit gives {-s, +s}.
+    """
+    _check_bits(bits)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    half = max((1 << (bits - 1)) - 1, 1) if bits > 1 else 1
+    peak = float(np.abs(values).max()) if values.size else 0.0
+    scale = peak / half if peak > 0 else 1.0
+    if bits == 1:
+        codebook = np.array([-scale, scale], dtype=np.float32)
+        return SharedWeights(codebook, (values >= 0).astype(np.int64))
+    levels = np.arange(-half, half + 1, dtype=np.float64)
+    codebook = (levels * scale).astype(np.float32)
+    idx = np.clip(np.rint(values / scale), -half, half).astype(np.int64) + half
+    return SharedWeights(codebook, idx)
+
+
+def uniform_share_per_channel(weights: np.ndarray, bits: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel uniform quantizer along ``axis``.
+
+    Returns ``(codebooks, indices)``: ``codebooks`` of shape (channels, levels),
+    ``indices`` shaped like ``weights``; the value at channel ``c`` is
+    ``codebooks[c, indices]``.
+    """
+    w = np.moveaxis(np.asarray(weights, dtype=np.float64), axis, 0)
+    books, idx = [], np.empty(w.shape, dtype=np.int64)
+    for c in range(w.shape[0]):
+        s = uniform_share(w[c], bits)
+        books.append(s.codebook)
+        idx[c] = s.indices.reshape(w.shape[1:])
+    return np.stack(books), np.moveaxis(idx, 0, axis)

@@ -1,0 +1,90 @@
+"""Round trips of the codec: a decoded tensor is codebook[index] exactly, 0 where pruned."""
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from deepcomp import codec, container
+from deepcomp.errors import DeepCompError
+from deepcomp.policy import Policy, Rule
+from deepcomp.weight_sharing import kmeans_share
+
+
+def shapes():
+    return st.lists(st.integers(1, 9), min_size=1, max_size=4).map(tuple)
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=shapes(), density=st.floats(0.0, 1.0), bits=st.integers(1, 8), quantizer=st.sampled_from(["kmeans", "uniform"]),
+       per_channel=st.booleans(), seed=st.integers(0, 2**16))
+def test_round_trip_equals_codebook_reconstruction(shape, density, bits, quantizer, per_channel, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=shape).astype(np.float32)
+    w[rng.random(shape) > density] = 0.0  # already-pruned weights
+    rule = Rule(bits=bits, quantizer=quantizer, per_channel=per_channel)
+    c = codec.encode_arrays({"t.weight": w}, Policy(rules=(rule,)))
+    back = codec.decode_arrays(container.from_bytes(container.to_bytes(c)))["t.weight"]
+    assert back.shape == w.shape and back.dtype == np.float32
+    assert np.all(back[w == 0] == 0)
+    e = c.header["tensors"][0]
+    book = np.frombuffer(c.records[e["codebook"]], "<f4").reshape(e["codebook_shape"])
+    kept = w != 0
+    if quantizer == "kmeans":
+        # the reconstruction is exactly the k-means codebook lookup of the kept weights
+        ref = kmeans_share(w[kept], bits)
+        assert np.array_equal(book, ref.codebook)
+        assert np.array_equal(back[kept], ref.reconstruct())
+    else:
+        assert np.all(np.isin(back[kept], book))
+        if bits > 1:
+            step = np.diff(book, axis=-1).max()
+            assert np.max(np.abs(back - w), initial=0) <= step / 2 + 1e-5
+
+
+def test_pruning_rules_and_dense_layout():
+    rng = np.random.default_rng(0)
+    arrays = OrderedDict(
+        [("g_a.0.weight", rng.normal(size=(16, 3, 5, 5)).astype(np.float32)),
+         ("g_a.0.bias", rng.normal(size=(16,)).astype(np.float32)),
+         ("g_a.1.gamma", rng.random((16, 16)).astype(np.float32)),
+         ("entropy_bottleneck._matrix0", rng.normal(size=(16, 3, 1)).astype(np.float32)),
+         ("step", np.array(7, dtype=np.int64))]
+    )
+    policy = Policy().with_weight_rule(prune=0.6, bits=4)
+    c = codec.encode_arrays(arrays, policy)
+    back = codec.decode_arrays(container.from_bytes(container.to_bytes(c)))
+    assert list(back) == list(arrays)
+    w = back["g_a.0.weight"]
+    assert np.count_nonzero(w) == round(0.4 * w.size)
+    assert len(np.unique(w[w != 0])) <= 16
+    kept = w != 0
+    assert np.abs(arrays["g_a.0.weight"][kept]).min() >= np.abs(arrays["g_a.0.weight"][~kept]).max()
+    for raw in ("g_a.0.bias", "entropy_bottleneck._matrix0", "step"):
+        assert np.array_equal(back[raw], arrays[raw]) and back[raw].dtype == arrays[raw].dtype
+    # a 16x16 gamma is below the default 1024-element floor: raw
+    assert np.array_equal(back["g_a.1.gamma"], arrays["g_a.1.gamma"])
+
+
+def test_fp16_storage_on_request():
+    a = np.linspace(-1, 1, 100, dtype=np.float32)
+    c = codec.encode_arrays({"b": a}, Policy(rules=(Rule(storage="fp16"),)))
+    back = codec.decode_arrays(c)["b"]
+    assert back.dtype == np.float32 and np.array_equal(back, a.astype(np.float16).astype(np.float32))
+
+
+def test_corrupt_header_descriptions_raise_package_error():
+    a = np.random.default_rng(0).normal(size=(8, 8, 3, 3)).astype(np.float32)
+    c = codec.encode_arrays({"w.weight": a}, Policy().with_weight_rule(prune=0.5, bits=3))
+    for mutate in (
+        lambda e: e.update(layout="weird"),
+        lambda e: e.update(shape=[8, 8, 3, 4]),
+        lambda e: e["indices"].update(count=e["indices"]["count"] + 5),
+        lambda e: e.update(codebook=999),
+        lambda e: (e.pop("gap_bits", None), e.update(layout="gaps")),
+    ):
+        bad = container.Container(header={**c.header, "tensors": [dict(c.header["tensors"][0], indices=dict(c.header["tensors"][0]["indices"]))]}, records=c.records)
+        mutate(bad.header["tensors"][0])
+        with pytest.raises(DeepCompError):
+            codec.decode_arrays(container.from_bytes(container.to_bytes(bad)))

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from deepcomp import weight_sharing as ws
+from deepcomp.errors import DeepCompError
+
+
+@settings(max_examples=40, deadline=None)
+@given(hnp.arrays(np.float32, st.integers(1, 3000), elements=st.floats(-4, 4, width=32)), st.integers(1, 8), st.sampled_from(ws.INITS))
+def test_kmeans_codebook_is_sorted_and_small(values, bits, init):
+    s = ws.kmeans_share(values, bits, init=init)
+    assert s.codebook.dtype == np.float32
+    assert 1 <= s.codebook.size <= 2**bits
+    assert np.all(np.diff(s.codebook) > 0)
+    assert s.indices.shape == values.shape and s.indices.min() >= 0 and s.indices.max() < s.codebook.size
+    # every centroid is used, and each value sits at its nearest centroid
+    assert np.unique(s.indices).size == s.codebook.size
+    err = np.abs(s.reconstruct() - values)
+    nearest = np.abs(values[:, None] - s.codebook[None, :]).min(axis=1)
+    assert np.allclose(err, nearest, atol=1e-6)
+
+
+def test_kmeans_beats_uniform_on_laplacian():
+    rng = np.random.default_rng(0)
+    v = rng.laplace(size=200_000).astype(np.float32)
+    for bits in (4, 6):
+        km = ws.kmeans_share(v, bits)
+        un = ws.uniform_share(v, bits)
+        assert np.mean((km.reconstruct() - v) ** 2) < np.mean((un.reconstruct() - v) ** 2)
+
+
+def test_few_distinct_values_are_kept_exactly():
+    v = np.array([0.5, -1.0, 0.5, 2.0], dtype=np.float32)
+    s = ws.kmeans_share(v, 3)
+    assert np.array_equal(s.reconstruct(), v)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 8])
+def test_uniform_quantizer_error_bounded_by_half_step(bits):
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=1000)
+    s = ws.uniform_share(v, bits)
+    if bits > 1:
+        step = s.codebook[1] - s.codebook[0]
+        assert np.max(np.abs(s.reconstruct() - v)) <= step / 2 + 1e-6
+        assert s.codebook.size == 2 ** bits - 1
+
+
+def test_uniform_per_channel_uses_each_channels_scale():
+    rng = np.random.default_rng(3)
+    scales = np.array([1, 10, 100, 0.1, 1, 2, 3, 4])
+    w = rng.normal(size=(4, 8, 3, 3)) * scales[None, :, None, None]  # transposed-conv layout
+    books, idx = ws.uniform_share_per_channel(w, 8, axis=1)
+    assert books.shape == (8, 255)
+    rec = books[np.arange(8)[None, :, None, None], idx]
+    rel = np.abs(rec - w).max(axis=(0, 2, 3)) / np.abs(w).max(axis=(0, 2, 3))
+    assert np.all(rel <= 0.5 / 127 + 1e-6)
+
+
+def test_bad_options_are_package_errors():
+    with pytest.raises(DeepCompError):
+        ws.kmeans_share(np.arange(10.0), 0)
+    with pytest.raises(DeepCompError):
+        ws.kmeans_share(np.arange(1000.0), 4, init="nope")

@@ -105,6 +105,37 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_EVAL_DATA = Path("../shared/data/kodak")
+DEFAULT_EVAL_OUT = Path("runs/eval")
+DEFAULT_REPORT_OUT = Path("runs/report")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_paths
+
+    done = evaluate_paths(
+        args.models, args.data, args.out, arch=args.arch, quality=args.quality, family=args.family,
+        jobs=args.jobs, threads=args.threads, limit=args.limit, channels_last=not args.no_channels_last,
+        progress=not args.quiet,
+    )
+    for d in done:
+        m, info = d["mean"], d["info"]
+        print(
+            f"{d['model']}: {info['file_bytes']:,} bytes, {info['params']:,} params, density {info['density']:.4f} | "
+            f"{m['images']} images: bpp {m['bpp']:.4f}, PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, MS-SSIM {m['ms_ssim']:.4f}, "
+            f"encode {m['encode_s']:.3f} s, decode {m['decode_s']:.3f} s -> {d['json']}"
+        )
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import collect_results, write_report
+
+    rep = write_report(collect_results(args.results), args.out, baseline=args.baseline, method=args.bd_method, plots=not args.no_plots)
+    print(f"{len(rep['rows'])} models, {len(rep['bd'])} compared families -> {rep['paths']['markdown']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepcomp", description="Deep Compression for learned image compression models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,6 +182,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     # --- evaluate / report subcommands (evaluation.py, report.py) go below this line ---
+
+    e = sub.add_parser("evaluate", help="code an image folder (Kodak) with real bitstreams; bpp, PSNR, SSIM, MS-SSIM, times")
+    e.add_argument("models", type=Path, nargs="+", metavar="MODEL", help="deepcomp files and/or CompressAI checkpoints")
+    e.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder, PNG/JPEG (default: %(default)s)")
+    e.add_argument("--arch", default=None, help="architecture of checkpoints that do not record it")
+    e.add_argument("--quality", type=_positive_int, default=None, help="quality of checkpoints that do not record it")
+    e.add_argument("--family", default=None, help="family label for the report (default: baseline for checkpoints, deepcomp for deepcomp files)")
+    e.add_argument("-o", "--out", type=Path, default=DEFAULT_EVAL_OUT, help="folder of the results JSON + CSV, one pair per model (default: %(default)s)")
+    e.add_argument("--jobs", type=_positive_int, default=1, help="models evaluated in parallel worker processes")
+    e.add_argument("--threads", type=_positive_int, default=None, help="torch threads per model (default: the idle cores shared among the jobs)")
+    e.add_argument("--limit", type=_positive_int, default=None, help="only the first N images (quick checks)")
+    e.add_argument("--no-channels-last", action="store_true",
+                   help="PyTorch's default memory layout, as compressai's eval_model (identical bitstreams, ~20%% slower)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_evaluate)
+
+    r = sub.add_parser("report", help="table, BD-rates and plots from evaluation results")
+    r.add_argument("results", type=Path, nargs="+", metavar="RESULTS", help="results JSON files of `deepcomp evaluate`, or folders of them")
+    r.add_argument("-o", "--out", type=Path, default=DEFAULT_REPORT_OUT, help="report folder (default: %(default)s)")
+    r.add_argument("--baseline", default="baseline", help="the anchor family of the BD-rates (default: %(default)s)")
+    r.add_argument("--bd-method", choices=("pchip", "cubic"), default="pchip", help="Bjøntegaard interpolation (default: %(default)s)")
+    r.add_argument("--no-plots", action="store_true")
+    r.set_defaults(func=cmd_report)
 
     # --- end of evaluate / report subcommands ---
     return p

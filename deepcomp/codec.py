@@ -5,14 +5,16 @@ tensor: prune (``pruning``), share (``weight_sharing``), code the positions
 (``sparse_positions``) and the codebook indices (``huffman``), or store raw.
 
 A shared tensor decodes to exactly ``codebook[index]`` at the kept positions
-and 0 at the pruned ones.  Three layouts for a shared tensor, the smallest
-chosen per tensor:
+and 0 at the pruned ones.  Its elements are coded as symbols over the
+alphabet ``k + 1`` (``k = len(codebook)``), symbol ``k`` standing for zero;
+two layouts, the smaller chosen per tensor:
 
-- ``dense``: no weight is zero; one index per element.
-- ``gaps``: Han's relative-index coding of the kept positions plus one index
-  per kept weight.
-- ``zero-symbol``: one index per element, zero being an extra symbol ``k``
-  (``len(codebook)``); no positions.
+- ``dense``: one symbol per element.
+- ``gaps``: a *background* symbol fills the tensor (zero for a pruned
+  tensor, or the most frequent cluster of a tensor dominated by one value);
+  Han's relative-index coding gives the positions of the other elements and
+  one symbol per such element follows.  Huffman codes cost at least one bit
+  per symbol, so this is what keeps skewed tensors near their entropy.
 """
 
 from __future__ import annotations
@@ -108,6 +110,14 @@ def _encode_raw(container: Container, name: str, a: np.ndarray, storage: str) ->
     }
 
 
+def _layout_cost(symbols: np.ndarray, alphabet: int, background: int) -> tuple[int, int]:
+    """(bits, gap width) of the ``gaps`` layout with ``background``."""
+    others = symbols != background
+    gap_bits = sparse_positions.choose_gap_bits(others)
+    gaps = sparse_positions.encode_gaps(others, gap_bits)
+    return _stream_cost(gaps, 1 << gap_bits) + _stream_cost(symbols[others], alphabet), gap_bits
+
+
 def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, mask: np.ndarray | None, channel_axis: int, seed: int) -> dict:
     a = np.asarray(a, dtype=np.float32)
     flat = a.ravel()
@@ -115,43 +125,48 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
     if mask is not None:
         kept &= np.asarray(mask, dtype=bool).ravel()
     positions = np.flatnonzero(kept)
-    values = flat[positions]
     entry = {"name": name, "shape": list(a.shape), "dtype": "float32", "encoding": "shared", "bits": rule.bits, "quantizer": rule.quantizer}
-    per_channel = rule.quantizer == "uniform" and rule.per_channel and a.ndim >= 1
-    if per_channel:
+    if rule.quantizer == "uniform" and rule.per_channel and a.ndim >= 2:
         axis = channel_axis % a.ndim
         books, idx_full = uniform_share_per_channel(np.where(kept.reshape(a.shape), a, 0.0), rule.bits, axis=axis)
         codebook, indices = books.astype(np.float32), idx_full.ravel()[positions]
         entry["channel_axis"] = axis
     else:
+        values = flat[positions]
         shared = kmeans_share(values, rule.bits, init=rule.init, seed=seed) if rule.quantizer == "kmeans" else uniform_share(values, rule.bits)
         codebook, indices = shared.codebook, shared.indices
-        entry["init"] = rule.init if rule.quantizer == "kmeans" else None
+        if rule.quantizer == "kmeans":
+            entry["init"] = rule.init
     k = codebook.shape[-1]
     entry["codebook"] = container.add(codebook.astype("<f4").tobytes())
     entry["codebook_shape"] = list(codebook.shape)
     entry["kept"] = int(positions.size)
 
-    if positions.size == flat.size:
-        layout = "dense"
+    symbols = np.full(flat.size, k, dtype=np.int64)  # symbol k: zero
+    symbols[positions] = indices
+    freq = np.bincount(symbols, minlength=k + 1)
+    best = (_stream_cost(symbols, k + 1), None, None)  # dense
+    # background candidates: zero, and the most frequent cluster when it dominates
+    candidates = {k} if freq[k] else set()
+    mode = int(np.argmax(freq[:k])) if k else k
+    if freq[mode] * 2 > flat.size:
+        candidates.add(mode)
+    for background in sorted(candidates):
+        if freq[background] * 4 < flat.size:  # too few to gain from gap coding
+            continue
+        cost, gap_bits = _layout_cost(symbols, k + 1, background)
+        if cost < best[0]:
+            best = (cost, background, gap_bits)
+    _, background, gap_bits = best
+    if background is None:
+        entry["layout"] = "dense"
+        entry["indices"] = _code(container, symbols, k + 1).to_json()
     else:
-        # choose the smaller of gap coding and a zero symbol
-        gap_bits = sparse_positions.choose_gap_bits(kept)
-        gaps = sparse_positions.encode_gaps(kept, gap_bits)
-        cost_gaps = _stream_cost(gaps, 1 << gap_bits) + (_stream_cost(indices, k) if indices.size else 0)
-        with_zero = np.full(flat.size, k, dtype=np.int64)
-        with_zero[positions] = indices
-        cost_zero = _stream_cost(with_zero, k + 1) if not per_channel else None
-        layout = "gaps" if cost_zero is None or cost_gaps <= cost_zero else "zero-symbol"
-    entry["layout"] = layout
-    if layout == "gaps":
-        entry["gap_bits"] = int(gap_bits)
+        others = symbols != background
+        gaps = sparse_positions.encode_gaps(others, gap_bits)
+        entry.update(layout="gaps", background=int(background), gap_bits=int(gap_bits))
         entry["positions"] = _code(container, gaps, 1 << gap_bits).to_json()
-        entry["indices"] = _code(container, indices, k).to_json()
-    elif layout == "zero-symbol":
-        entry["indices"] = _code(container, with_zero, k + 1).to_json()
-    else:
-        entry["indices"] = _code(container, indices, k).to_json()
+        entry["indices"] = _code(container, symbols[others], k + 1).to_json()
     return entry
 
 
@@ -183,42 +198,39 @@ def _decode_shared(container: Container, e: dict, source: str) -> np.ndarray:
     shape = tuple(e["shape"])
     size = int(np.prod(shape, dtype=np.int64))
     book_shape = tuple(e["codebook_shape"])
+    if len(book_shape) not in (1, 2):
+        raise DeepCompError(f"{source}: codebook of {e['name']} has a bad shape")
     codebook = np.frombuffer(container.records[e["codebook"]], dtype="<f4")
     if codebook.size != int(np.prod(book_shape, dtype=np.int64)):
         raise DeepCompError(f"{source}: codebook of {e['name']} has the wrong size")
-    codebook = codebook.reshape(book_shape)
     k = book_shape[-1]
-    layout = e["layout"]
-    indices = _uncode(container, e["indices"], source)
-    out = np.zeros(size, dtype=np.float32)
-    if layout == "zero-symbol":
-        if len(book_shape) != 1 or indices.size != size or (indices.size and indices.max() > k):
-            raise DeepCompError(f"{source}: indices of {e['name']} do not fit its shape or codebook")
-        out = np.append(codebook, np.float32(0))[indices]
-        return out.reshape(shape)
-    if layout == "dense":
-        positions = None
-        expected = size
-    elif layout == "gaps":
+    # symbol k is zero
+    book = np.concatenate([codebook.reshape(book_shape), np.zeros(book_shape[:-1] + (1,), np.float32)], axis=-1)
+    coded = _uncode(container, e["indices"], source)
+    if e["layout"] == "dense":
+        symbols = coded
+        if symbols.size != size:
+            raise DeepCompError(f"{source}: {e['name']} has {symbols.size} symbols for {size} elements")
+    elif e["layout"] == "gaps":
+        background = int(e["background"])
         gaps = _uncode(container, e["positions"], source)
         positions = sparse_positions.decode_positions(gaps, int(e["gap_bits"]), size)
-        expected = positions.size
+        if coded.size != positions.size or not 0 <= background <= k:
+            raise DeepCompError(f"{source}: positions and symbols of {e['name']} do not match")
+        symbols = np.full(size, background, dtype=coded.dtype if coded.dtype.itemsize >= 2 else np.uint16)
+        symbols[positions] = coded
     else:
-        raise DeepCompError(f"{source}: unknown layout {layout!r} for {e['name']}")
-    if indices.size != expected or (indices.size and indices.max() >= k):
-        raise DeepCompError(f"{source}: indices of {e['name']} do not fit its positions or codebook")
+        raise DeepCompError(f"{source}: unknown layout {e['layout']!r} for {e['name']}")
+    if symbols.size and int(symbols.max()) > k:
+        raise DeepCompError(f"{source}: a symbol of {e['name']} lies outside its codebook")
     if len(book_shape) == 2:  # per-channel codebooks
         axis = int(e["channel_axis"])
+        if not 0 <= axis < len(shape) or shape[axis] != book_shape[0]:
+            raise DeepCompError(f"{source}: channel axis of {e['name']} does not fit its shape")
         inner = int(np.prod(shape[axis + 1 :], dtype=np.int64))
-        where = np.arange(size) if positions is None else positions
-        values = codebook[(where // inner) % shape[axis], indices]
-    else:
-        values = codebook[indices]
-    if positions is None:
-        out[:] = values
-    else:
-        out[positions] = values
-    return out.reshape(shape)
+        channel = (np.arange(size) // inner) % shape[axis]
+        return book[channel, symbols].reshape(shape)
+    return book[symbols].reshape(shape)
 
 
 def _decode_raw(container: Container, e: dict, source: str) -> np.ndarray:

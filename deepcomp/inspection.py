@@ -26,7 +26,7 @@ def describe(c: Container, file_bytes: int) -> dict:
         row = {"name": e["name"], "shape": "x".join(map(str, shape)) or "scalar", "size": size, "encoding": e["encoding"], "bytes": nbytes}
         if e["encoding"] == "shared":
             k = e["codebook_shape"][-1]
-            streams = [("indices", k + (1 if e["layout"] == "zero-symbol" else 0))]
+            streams = [("indices", k + 1)]
             if e["layout"] == "gaps":
                 streams.append(("positions", 1 << e["gap_bits"]))
             bits = ent = 0.0

@@ -67,6 +67,22 @@ def test_pruning_rules_and_dense_layout():
     assert np.array_equal(back["g_a.1.gamma"], arrays["g_a.1.gamma"])
 
 
+def test_skewed_tensor_uses_background_layout_near_entropy():
+    """A tensor dominated by one value is gap-coded around it, not 1 bit/symbol."""
+    rng = np.random.default_rng(5)
+    w = np.full((256, 256), 0.25, dtype=np.float32)
+    hit = rng.random(w.shape) < 0.03
+    w[hit] = rng.normal(size=hit.sum())
+    c = codec.encode_arrays({"gamma": w}, Policy(rules=(Rule(bits=4),)))
+    e = c.header["tensors"][0]
+    assert e["layout"] == "gaps" and e["background"] != len(np.frombuffer(c.records[e["codebook"]], "<f4"))
+    back = codec.decode_arrays(container.from_bytes(container.to_bytes(c)))["gamma"]
+    background = np.frombuffer(c.records[e["codebook"]], "<f4")[e["background"]]
+    assert np.all(back[~hit] == background) and abs(background - 0.25) < 0.05
+    payload_bits = 8 * sum(len(c.records[r]) for r in codec.tensor_records(e))
+    assert payload_bits < 0.5 * w.size  # well under the 1 bit/element a plain Huffman code needs
+
+
 def test_fp16_storage_on_request():
     a = np.linspace(-1, 1, 100, dtype=np.float32)
     c = codec.encode_arrays({"b": a}, Policy(rules=(Rule(storage="fp16"),)))

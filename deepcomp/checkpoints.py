@@ -46,12 +46,20 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]"
     return state
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail early (before any work) if ``path`` cannot be written."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise DeepCompError(f"output folder does not exist: {path.parent}")
+    if path.is_dir():
+        raise DeepCompError(f"output path is a folder: {path}")
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise DeepCompError(f"output folder does not exist: {directory}")
+    path = check_output_path(path)
+    directory = path.parent
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .checkpoints import check_output_path
 from .errors import DeepCompError
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
@@ -64,6 +65,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .model_file import compress_checkpoint
     from .policy import Policy, read_policy
 
+    check_output_path(args.out)
     policy = read_policy(args.policy) if args.policy else Policy()
     policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
     if args.global_prune:
@@ -84,6 +86,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     from .checkpoints import write_checkpoint
     from .model_file import file_info, load, load_model
 
+    check_output_path(args.out)
     header = file_info(args.file)
     if header.get("arch"):
         state = load_model(args.file).state_dict()  # with the rebuilt entropy-coder buffers

@@ -228,7 +228,8 @@ def ssim_metrics(org: torch.Tensor, rec: torch.Tensor) -> tuple[float, float]:
     import warnings
 
     a, b = org / 255.0, rec / 255.0
-    with warnings.catch_warnings():
+    # one thread: pytorch-msssim's depthwise Gaussian filters run slower multi-threaded
+    with warnings.catch_warnings(), torch_threads(1):
         warnings.simplefilter("ignore")
         try:
             return _ssim_and_ms_ssim(a, b)
@@ -300,8 +301,7 @@ def evaluate_image(model: nn.Module, rgb: np.ndarray, channels_last: bool = Fals
     x_hat = F.pad(dec["x_hat"], unpad).contiguous()
     rec = to_8bit(x_hat)
     nbytes = string_bytes(enc["strings"])
-    with torch_threads(1):  # pytorch-msssim's depthwise Gaussian filters run slower multi-threaded
-        s, ms = ssim_metrics(org, rec)
+    s, ms = ssim_metrics(org, rec)
     return {
         "width": int(w), "height": int(h), "bytes": nbytes,
         "bpp": nbytes * 8.0 / (h * w),

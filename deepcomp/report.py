@@ -297,6 +297,16 @@ def _label(fam: str, arch: str, archs: set) -> str:
     return fam if len(archs) < 2 else f"{fam} ({arch})"
 
 
+def _family_colors(groups, baseline: str, plt) -> dict:
+    """One colour per (family, arch), the same in every plot; the baseline in black."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    keys = sorted(groups, key=lambda k: (k[0] != baseline, k))
+    others = [k for k in keys if k[0] != baseline]
+    colors = {k: cycle[i % len(cycle)] for i, k in enumerate(others)}
+    colors.update({k: "black" for k in keys if k[0] == baseline})
+    return colors
+
+
 def _save(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -310,12 +320,14 @@ def plot_rd(rows: Sequence[Mapping], path: str | os.PathLike, metric: str = "psn
     ylabel = {"psnr": "PSNR (dB)", "ms_ssim_db": "MS-SSIM (dB)", "ms_ssim": "MS-SSIM", "ssim": "SSIM"}[metric]
     groups = families(rows)
     archs = {a for _, a in groups}
+    colors = _family_colors(groups, baseline, plt)
     fig, ax = plt.subplots(figsize=(7, 5))
     for (fam, arch), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != baseline, kv[0])):
         pts = sorted((r["bpp"], r[metric], r["quality"]) for r in members if math.isfinite(r["bpp"]) and math.isfinite(r[metric]))
         if not pts:
             continue
-        style = dict(color="black", linestyle="--", marker="s") if fam == baseline else dict(marker="o")
+        style = dict(linestyle="--", marker="s") if fam == baseline else dict(marker="o")
+        style["color"] = colors[(fam, arch)]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], label=_label(fam, arch, archs), **style)
     ax.set_xlabel("bits per pixel (bpp)")
     ax.set_ylabel(ylabel)
@@ -336,30 +348,32 @@ def plot_size_vs_ssim(rows: Sequence[Mapping], path: str | os.PathLike, baseline
     valid = [r for r in rows if r["file_bytes"] and math.isfinite(r["ssim"]) and math.isfinite(r["bpp"])]
     max_bpp = max((r["bpp"] for r in valid), default=1.0) or 1.0
     scale = 900.0 / max_bpp  # area in points^2 per bpp
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, ((fam, arch), members) in enumerate(sorted(groups.items(), key=lambda kv: (kv[0][0] != baseline, kv[0]))):
+    colors = _family_colors(groups, baseline, plt)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for (fam, arch), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != baseline, kv[0])):
         pts = [r for r in members if r in valid]
         if not pts:
             continue
-        color = "black" if fam == baseline else colors[i % len(colors)]
+        color = colors[(fam, arch)]
         ax.scatter([r["file_bytes"] / 2**20 for r in pts], [r["ssim"] for r in pts], s=[max(r["bpp"] * scale, 4.0) for r in pts],
                    alpha=0.45, color=color, edgecolors=color, label=_label(fam, arch, archs))
         for r in pts:
             ax.annotate(f"q{r['quality']}", (r["file_bytes"] / 2**20, r["ssim"]), fontsize=7, ha="center", va="center")
     ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.08)
     ax.set_xlabel("model file size (MiB, log scale)")
     ax.set_ylabel("SSIM")
     ax.set_title("Model size vs SSIM (bubble area: bpp)")
     ax.grid(True, which="both", alpha=0.3)
-    leg = ax.legend(loc="lower right", markerscale=0.5)
+    leg = ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="family", borderaxespad=0)
     for h in leg.legend_handles:
         h.set_sizes([40])
-    if valid:  # bubble-size key
+    if valid:  # bubble-size key, under the family legend
         ref = [max_bpp / 4, max_bpp / 2, max_bpp]
         handles = [ax.scatter([], [], s=b * scale, color="grey", alpha=0.3) for b in ref]
         ax.add_artist(leg)
-        ax.legend(handles, [f"{b:.2f} bpp" for b in ref], loc="upper left", title="bpp", labelspacing=1.5, borderpad=1.0, frameon=True)
+        ax.legend(handles, [f"{b:.2f} bpp" for b in ref], loc="lower left", bbox_to_anchor=(1.02, 0.0), title="bubble area",
+                  labelspacing=1.6, borderpad=1.0, borderaxespad=0)
     try:
         return _save(fig, Path(path))
     finally:

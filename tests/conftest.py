@@ -1,0 +1,33 @@
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+KODAK = ROOT.parent / "shared" / "data" / "kodak"
+TRAIN = ROOT.parent / "shared" / "data" / "train"
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory) -> Path:
+    """A seeded random-init bmshj2018-factorized q3 checkpoint, update() applied."""
+    from deepcomp import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("bmshj2018-factorized", 3)
+    model.update(force=True)
+    path = tmp_path_factory.mktemp("ckpt") / "factorized-q3.pth.tar"
+    torch.save({"state_dict": model.state_dict()}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def kodak_two(tmp_path_factory) -> Path:
+    """Two real Kodak images (evaluation only) in a folder of their own."""
+    if not KODAK.is_dir():
+        pytest.skip(f"Kodak not found at {KODAK}")
+    folder = tmp_path_factory.mktemp("kodak2")
+    for name in ("kodim01.png", "kodim23.png"):
+        shutil.copy(KODAK / name, folder / name)
+    return folder

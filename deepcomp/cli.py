@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoints import check_output_path
 from .errors import DeepCompError
 
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
@@ -65,6 +64,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from .model_file import compress_checkpoint
     from .policy import Policy, read_policy
 
+    from .checkpoints import check_output_path
+
     check_output_path(args.out)
     policy = read_policy(args.policy) if args.policy else Policy()
     policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
@@ -85,6 +86,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 def cmd_decompress(args: argparse.Namespace) -> int:
     from .checkpoints import write_checkpoint
     from .model_file import file_info, load, load_model
+
+    from .checkpoints import check_output_path
 
     check_output_path(args.out)
     header = file_info(args.file)
@@ -136,6 +139,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     rep = write_report(collect_results(args.results), args.out, baseline=args.baseline, method=args.bd_method, plots=not args.no_plots)
     print(f"{len(rep['rows'])} models, {len(rep['bd'])} compared families -> {rep['paths']['markdown']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.model, args.data, args.out, progress=not args.quiet)
     return 0
 
 
@@ -210,6 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_report)
 
     # --- end of evaluate / report subcommands ---
+
+    from .demo import DEFAULT_MODEL
+
+    m = sub.add_parser("demo", help="the shipped baseline, compressed at a few settings, evaluated on Kodak")
+    m.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="baseline checkpoint (default: the shipped one)")
+    m.add_argument("--data", type=Path, default=DEFAULT_EVAL_DATA, help="image folder (default: %(default)s)")
+    m.add_argument("-o", "--out", type=Path, default=Path("runs/demo"))
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_demo)
     return p
 
 

@@ -41,6 +41,7 @@ def compress_state_dict(
         if quality is None:
             raise DeepCompError("--quality is needed with --arch")
         model = zoo.build(arch, quality)
+        state_dict = zoo.canonical_state_dict(model, state_dict)
         zoo.assign_weights(model, state_dict, "checkpoint")  # fails clearly if it does not fit
         state_dict = zoo.strip_derived(state_dict)
         channel_axes = zoo.output_channel_axes(model)

@@ -81,6 +81,23 @@ def strip_derived(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, t
     return OrderedDict((k, v) for k, v in state_dict.items() if not is_derived(k))
 
 
+def canonical_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
+    """Today's key names for ``model``: official CompressAI checkpoints use older
+    ones (``entropy_bottleneck._matrices.0``, ``_matrix0``, ``downsample``)."""
+    from compressai.entropy_models import EntropyBottleneck
+    from compressai.models.utils import remap_old_keys
+    from compressai.zoo.pretrained import load_pretrained
+
+    own = model.state_dict()
+    if all(k in own for k in state_dict):
+        return OrderedDict(state_dict)
+    renamed = load_pretrained(dict(state_dict))
+    for name, module in model.named_modules():
+        if isinstance(module, EntropyBottleneck):
+            renamed = remap_old_keys(name, renamed)
+    return OrderedDict(renamed)
+
+
 def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
     """Copy ``state_dict`` strictly into ``model``, derived buffers excepted.
 
@@ -88,7 +105,7 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
     the right shape; derived buffers are ignored (``update()`` rebuilds them).
     """
     own = model.state_dict()
-    given = strip_derived(state_dict)
+    given = strip_derived(canonical_state_dict(model, state_dict))
     missing = [k for k in own if not is_derived(k) and k not in given]
     unexpected = [k for k in given if k not in own]
     wrong = [k for k in given if k in own and tuple(own[k].shape) != tuple(given[k].shape)]

@@ -63,3 +63,37 @@ def test_plain_state_dict_without_architecture(tmp_path):
     assert sd["2.weight"].shape == (40, 8) and (sd["2.weight"] == 0).sum() == 160
     assert sd["1.num_batches_tracked"].dtype == torch.int64
     net.load_state_dict(sd)
+
+
+def test_official_style_checkpoint_works_unchanged(random_checkpoint, tmp_path):
+    """CompressAI's published checkpoints: a bare state_dict with older key names."""
+    sd = torch.load(random_checkpoint, weights_only=True)["state_dict"]
+    old = {}
+    for k, v in sd.items():
+        for new, legacy in (("matrices", "_matrices"), ("biases", "_biases"), ("factors", "_factors")):
+            k = k.replace(f"entropy_bottleneck.{new}.", f"entropy_bottleneck.{legacy}.")
+        old[k] = v
+    assert "entropy_bottleneck._matrices.0" in old
+    path = tmp_path / "official.pth.tar"
+    torch.save(old, path)
+    model_file.compress_checkpoint(path, tmp_path / "o.dcmp", Policy(), "bmshj2018-factorized", 3)
+    model = model_file.load_model(tmp_path / "o.dcmp")
+    assert torch.equal(model.entropy_bottleneck.matrices[0], sd["entropy_bottleneck.matrices.0"])
+
+
+def test_int8_per_channel_on_transposed_convs(random_checkpoint, tmp_path):
+    """The int8 baseline PyTorch's quantization could not run on transposed convs."""
+    from deepcomp.policy import Rule
+
+    policy = Policy(rules=(Rule(pattern="*entropy_bottleneck*"), Rule(kind="weight", bits=8, quantizer="uniform", per_channel=True), Rule()))
+    model_file.compress_checkpoint(random_checkpoint, tmp_path / "i8.dcmp", policy, "bmshj2018-factorized", 3)
+    header = model_file.file_info(tmp_path / "i8.dcmp")
+    g_s = next(e for e in header["tensors"] if e["name"] == "g_s.0.weight")  # ConvTranspose2d: (in, out, k, k)
+    assert g_s["channel_axis"] == 1 and g_s["codebook_shape"] == [128, 255]
+    sd = model_file.load(tmp_path / "i8.dcmp")
+    original = torch.load(random_checkpoint, weights_only=True)["state_dict"]["g_s.0.weight"]
+    step = original.abs().amax(dim=(0, 2, 3)) / 127  # per output channel
+    assert torch.all((sd["g_s.0.weight"] - original).abs() <= step[None, :, None, None] / 2 + 1e-7)
+    model = model_file.load_model(tmp_path / "i8.dcmp")
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64))["x_hat"].shape == (1, 3, 64, 64)

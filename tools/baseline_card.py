@@ -1,0 +1,140 @@
+"""Model cards for the baselines in artifacts/: training facts and Kodak results.
+
+    .venv/bin/python tools/baseline_card.py artifacts/bmshj2018-factorized-q*.pth.tar [--data ../shared/data/kodak]
+
+For each checkpoint (written by `deepcomp train` + `training.export_baseline`)
+it evaluates Kodak with real bitstreams (compress/decompress) and writes
+``<stem>.md`` and ``<stem>.json`` next to it, comparing with CompressAI's
+published bmshj2018-factorized curve: BD-rate (PSNR) once four or more
+qualities exist, else the PSNR gap at the same bpp and the bpp gap at the same
+PSNR where the point lies inside the published range.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deepcomp import evaluation, report, zoo
+from deepcomp.checkpoints import atomic_write_bytes
+
+COMMAND = ".venv/bin/python tools/baseline_card.py {paths} --data {data}"
+
+
+def published_gap(arch: str, bpp: float, psnr: float) -> dict:
+    """PSNR gap at equal bpp and bpp gap at equal PSNR against the published curve (log-bpp, linear)."""
+    if arch != "bmshj2018-factorized":
+        return {}
+    pts = sorted(zoo.PUBLISHED_FACTORIZED_KODAK.values())
+    lr = np.log([b for b, _ in pts])
+    ps = np.array([p for _, p in pts])
+    out = {"published_bpp_range": [pts[0][0], pts[-1][0]], "published_psnr_range": [pts[0][1], pts[-1][1]]}
+    lb = math.log(bpp)
+    out["psnr_gap_db_at_same_bpp"] = float(psnr - np.interp(lb, lr, ps)) if lr[0] <= lb <= lr[-1] else None
+    out["bpp_gap_pct_at_same_psnr"] = float(100 * (bpp / math.exp(np.interp(psnr, ps, lr)) - 1)) if ps[0] <= psnr <= ps[-1] else None
+    return out
+
+
+def card(path: Path, data: Path, out_dir: Path) -> dict:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    cfg = ckpt.get("config") or {}
+    state = ckpt.get("train_state") or {}
+    arch, quality = cfg.get("arch", "bmshj2018-factorized"), int(cfg.get("quality", 3))
+    with tempfile.TemporaryDirectory() as tmp:
+        done = evaluation.evaluate_paths([path], data, tmp, arch=arch, quality=quality, family="baseline")
+        doc = report.collect_results([done[0]["json"]])[0]
+    mean = doc["mean"]
+    history = state.get("history") or []
+    facts = {
+        "file": path.name,
+        "arch": arch,
+        "quality": quality,
+        "lambda": cfg.get("lmbda") or zoo.mse_lambda(quality),
+        "steps": state.get("step"),
+        "batch_size": cfg.get("batch_size"),
+        "patch_size": cfg.get("patch_size"),
+        "learning_rate": cfg.get("lr"),
+        "final_learning_rate": history[-1]["lr"] if history else None,
+        "device": ckpt.get("device"),
+        "training_seconds": state.get("seconds"),
+        "last_validation": {k: history[-1][k] for k in ("step", "val_loss", "val_bpp", "val_psnr")} if history else None,
+        "kodak": {"images": mean["images"], "bpp": mean["bpp"], "psnr": mean["psnr"], "ssim": mean["ssim"], "ms_ssim": mean["ms_ssim"],
+                  "encode_s": mean["encode_s"], "decode_s": mean["decode_s"]},
+        "published": zoo.PUBLISHED_FACTORIZED_KODAK.get(quality) if arch == "bmshj2018-factorized" else None,
+        "gap": published_gap(arch, mean["bpp"], mean["psnr"]),
+        "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    return facts
+
+
+def markdown(f: dict, command: str, family_bd: float | None) -> str:
+    k = f["kodak"]
+    hours = f["training_seconds"] / 3600 if f["training_seconds"] else None
+    lines = [
+        f"# {f['file']}",
+        "",
+        f"CompressAI `{f['arch']}` at quality {f['quality']} (MSE, λ = {f['lambda']}), trained by deepcomp on `../shared/data/train/` "
+        "(random crops with flips; a validation split of the same photos; never Kodak).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| steps | {f['steps']} (batch {f['batch_size']}, {f['patch_size']}x{f['patch_size']} crops) |",
+        f"| learning rate | {f['learning_rate']} → {f['final_learning_rate']} (halved on validation plateaus) |",
+        f"| device, wall time | {f['device']}, {hours:.2f} h |" if hours is not None else f"| device | {f['device']} |",
+    ]
+    if f["last_validation"]:
+        v = f["last_validation"]
+        lines.append(f"| last validation (step {v['step']}) | loss {v['val_loss']:.4f}, bpp {v['val_bpp']:.4f} (likelihoods), PSNR {v['val_psnr']:.2f} dB |")
+    lines += [
+        f"| **Kodak ({k['images']} images, real bitstreams)** | **bpp {k['bpp']:.4f}, PSNR {k['psnr']:.2f} dB, SSIM {k['ssim']:.4f}, MS-SSIM {k['ms_ssim']:.4f}** |",
+        f"| encode / decode per image | {k['encode_s']:.3f} s / {k['decode_s']:.3f} s (CPU) |",
+    ]
+    if f["published"]:
+        b, p = f["published"]
+        g = f["gap"]
+        lines.append(f"| CompressAI published, same quality | bpp {b}, PSNR {p} dB |")
+        same_bpp = f"{g['psnr_gap_db_at_same_bpp']:+.2f} dB" if g.get("psnr_gap_db_at_same_bpp") is not None else \
+            f"n/a (bpp outside the published range {g['published_bpp_range'][0]}–{g['published_bpp_range'][1]})"
+        same_psnr = f"{g['bpp_gap_pct_at_same_psnr']:+.1f} %" if g.get("bpp_gap_pct_at_same_psnr") is not None else \
+            f"n/a (PSNR outside the published range {g['published_psnr_range'][0]}–{g['published_psnr_range'][1]} dB)"
+        lines.append(f"| gap to the published curve | PSNR at the same bpp: {same_bpp}; bpp at the same PSNR: {same_psnr} |")
+        lines.append(f"| family BD-rate (PSNR) vs published | {family_bd:+.1f} % |" if family_bd is not None else
+                     "| family BD-rate (PSNR) vs published | n/a (needs four or more qualities with overlapping ranges) |")
+    lines += ["", "Reproduce the numbers:", "", f"```sh\n{command}\n```", ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoints", type=Path, nargs="+")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
+    args = ap.parse_args()
+    facts = [card(p, args.data, p.parent) for p in args.checkpoints]
+    fam = [f for f in facts if f["arch"] == "bmshj2018-factorized" and f["quality"] in zoo.PUBLISHED_FACTORIZED_KODAK]
+    family_bd = None
+    if len({f["quality"] for f in fam}) >= 4:
+        pub = [zoo.PUBLISHED_FACTORIZED_KODAK[q] for q in sorted(zoo.PUBLISHED_FACTORIZED_KODAK)]
+        ours = sorted((f["kodak"]["bpp"], f["kodak"]["psnr"]) for f in fam)
+        bd = report.bd_rate([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
+        family_bd = None if math.isnan(bd) else bd
+    command = COMMAND.format(paths=" ".join(str(p) for p in args.checkpoints), data=args.data)
+    for p, f in zip(args.checkpoints, facts):
+        f["family_bd_rate_vs_published"] = family_bd if f in fam else None
+        f["command"] = command
+        stem = p.name.split(".")[0]
+        atomic_write_bytes(p.parent / f"{stem}.json", (json.dumps(f, indent=1) + "\n").encode())
+        atomic_write_bytes(p.parent / f"{stem}.md", markdown(f, command, f["family_bd_rate_vs_published"]).encode())
+        print(f"{p.parent / (stem + '.md')}: Kodak bpp {f['kodak']['bpp']:.4f}, PSNR {f['kodak']['psnr']:.2f} dB, MS-SSIM {f['kodak']['ms_ssim']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -177,9 +177,16 @@ def train_steps(
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
     if state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
-        if aux_opt is not None and state.get("aux_optimizer"):
-            aux_opt.load_state_dict(state["aux_optimizer"])
+    if aux_opt is not None and state.get("aux_optimizer"):
+        aux_opt.load_state_dict(state["aux_optimizer"])
+    if state.get("scheduler"):
+        # a committed baseline carries the scheduler but not the Adam moments:
+        # the learning rate it had reached still applies
         sched.load_state_dict(state["scheduler"])
+        last = state["scheduler"].get("_last_lr")
+        if last and not state.get("optimizer"):
+            for group, lr in zip(opt.param_groups, last):
+                group["lr"] = lr
     state.setdefault("step", 0)
     state.setdefault("history", [])
     device_masks = {k: v.to(device) for k, v in masks.items()} if masks else None

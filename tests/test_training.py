@@ -1,0 +1,79 @@
+"""Training: a few real RD steps, checkpoint, resume, export of a CompressAI-loadable baseline."""
+
+import shutil
+
+import pytest
+import torch
+
+from deepcomp import training
+from deepcomp.errors import DeepCompError
+
+from .conftest import TRAIN
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    if not TRAIN.is_dir():
+        pytest.skip(f"training photos not found at {TRAIN}")
+    folder = tmp_path_factory.mktemp("train")
+    for p in sorted(TRAIN.glob("*.png"))[:4]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def cfg(steps):
+    return training.TrainConfig(steps=steps, batch_size=2, patch_size=64, val_every=2, val_fraction=0.25, threads=1)
+
+
+def test_split_is_deterministic_and_disjoint(photos):
+    train, val = training.split_photos(photos, 0.25)
+    assert len(val) == 1 and not set(train) & set(val)
+    assert training.split_photos(photos, 0.25) == (train, val)
+
+
+def test_train_resume_export(photos, tmp_path):
+    out = tmp_path / "run.pth.tar"
+    logs = []
+    training.train(cfg(2), photos, out, progress=False, log=logs.append)
+    first = torch.load(out, weights_only=True)
+    assert first["train_state"]["step"] == 2 and len(first["train_state"]["history"]) == 1
+    training.train(cfg(4), photos, out, progress=False, log=logs.append)
+    second = torch.load(out, weights_only=True)
+    assert second["train_state"]["step"] == 4 and any("resuming" in line for line in logs)
+    assert not torch.equal(first["state_dict"]["g_a.0.weight"], second["state_dict"]["g_a.0.weight"])
+
+    # the exported baseline loads in CompressAI unchanged and carries the run's state
+    base = tmp_path / "base.pth.tar"
+    training.export_baseline(out, base)
+    from compressai.zoo.image import model_architectures
+
+    ck = torch.load(base, weights_only=True)
+    net = model_architectures["bmshj2018-factorized"].from_state_dict(ck["state_dict"])
+    assert ck["state_dict"]["entropy_bottleneck._quantized_cdf"].numel() > 0  # update() applied
+    assert "optimizer" not in ck["train_state"] and ck["train_state"]["step"] == 4
+    with torch.no_grad():
+        net.update(force=True)
+        assert net.compress(torch.rand(1, 3, 64, 64))["strings"]
+
+    # a later session continues the committed baseline
+    cont = tmp_path / "cont.pth.tar"
+    training.train(cfg(6), photos, cont, resume=base, progress=False, log=logs.append)
+    assert torch.load(cont, weights_only=True)["train_state"]["step"] == 6
+
+
+def test_masks_hold_pruned_weights_at_zero(photos):
+    from deepcomp import zoo
+
+    model = zoo.build("bmshj2018-factorized", 3)
+    w = model.g_a[2].weight
+    mask = (torch.rand_like(w) > 0.5).float()
+    c = cfg(2)
+    sampler = training.CropSampler(training.split_photos(photos, 0.25)[0], c.patch_size)
+    training.train_steps(model, sampler, c, {}, masks={"g_a.2.weight": mask}, progress=False)
+    assert torch.all(model.g_a[2].weight[mask == 0] == 0)
+    assert torch.count_nonzero(model.g_a[2].weight[mask == 1]) == int(mask.sum())
+
+
+def test_missing_data_is_clear(tmp_path):
+    with pytest.raises(DeepCompError, match="image folder not found"):
+        training.train(cfg(1), tmp_path / "nope", tmp_path / "x.pth.tar", progress=False)

@@ -87,6 +87,9 @@ def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int 
         sums = np.bincount(np.clip(((values - lo) / (hi - lo) * nbins).astype(np.int64), 0, nbins - 1), weights=values, minlength=nbins)
         used = counts > 0
         points, weights = sums[used] / counts[used], counts[used].astype(np.float64)
+    if points.size < k:  # outliers leave fewer occupied bins than clusters: cluster the distinct values
+        points, counts = np.unique(values, return_counts=True)
+        weights = counts.astype(np.float64)
     init_c = initial_centroids(values if init != "forgy" else points, k, init, seed)
     init_c = np.unique(init_c)
     km = KMeans(n_clusters=init_c.size, init=init_c.reshape(-1, 1), n_init=1, max_iter=max_iter, random_state=seed, tol=1e-10)

@@ -64,3 +64,13 @@ def test_bad_options_are_package_errors():
         ws.kmeans_share(np.arange(10.0), 0)
     with pytest.raises(DeepCompError):
         ws.kmeans_share(np.arange(1000.0), 4, init="nope")
+
+
+def test_outliers_leaving_few_occupied_bins():
+    """Thousands of distinct values crowded into a few histogram bins by an outlier."""
+    rng = np.random.default_rng(4)
+    v = np.concatenate([0.001 + 1e-7 * rng.random(9000), [5.0, -3.0]]).astype(np.float32)
+    s = ws.kmeans_share(v, 5)
+    assert 3 <= s.codebook.size <= 32
+    assert np.all(s.reconstruct()[-2:] == v[-2:])
+    assert np.max(np.abs(s.reconstruct() - v)) < 1e-3

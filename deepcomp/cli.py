@@ -149,6 +149,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+    from .policy import Policy, read_policy
+
+    policy = read_policy(args.policy) if args.policy else Policy()
+    if args.prune is not None or args.bits is not None:
+        policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
+    if args.quality is not None and args.arch is None:
+        raise DeepCompError("--quality needs --arch")
+    cfg = PipelineConfig(
+        arch=args.arch, quality=args.quality, lmbda=args.lmbda, policy=policy.to_json(),
+        target_ratio=args.target_ratio, target_loss=args.target_loss,
+        retrain_steps=args.retrain_steps, prune_rounds=args.prune_rounds, schedule=args.schedule,
+        centroid_steps=args.centroid_steps, train_raw=not args.freeze_raw,
+        batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, centroid_lr=args.centroid_lr,
+        val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch,
+        sens_ratios=tuple(args.sens_ratios), sens_bits=tuple(args.sens_bits), sens_mode=args.sens_mode, seed=args.seed,
+    )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    run_pipeline(args.checkpoint, args.out, cfg, args.data, None if args.no_eval else args.eval_data, eval_limit=args.eval_limit,
+                 stop_after=args.stop_after, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="deepcomp", description="Deep Compression for learned image compression models")
     sub = p.add_subparsers(dest="command", required=True)
@@ -229,6 +256,45 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--out", type=Path, default=Path("runs/demo"))
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_demo)
+
+    # the defaults below are those of deepcomp.pipeline.PipelineConfig / deepcomp.sensitivity (not imported here: torch loads slowly)
+    pl = sub.add_parser("pipeline", help="the whole Deep Compression pipeline with retraining, stage by stage, and its per-stage table")
+    pl.add_argument("checkpoint", type=Path, help="the baseline checkpoint (fp32)")
+    pl.add_argument("-o", "--out", type=Path, required=True, help="output folder; a rerun resumes what is not finished")
+    pl.add_argument("--arch", default=None, help="architecture, if the checkpoint does not record it")
+    pl.add_argument("--quality", type=_positive_int, default=None)
+    pl.add_argument("--lmbda", type=float, default=None, help="RD lambda (default: the checkpoint's, else CompressAI's for the quality)")
+    pl.add_argument("--policy", type=Path, default=None, help="a JSON policy file (per-name pruning ratios and bit widths)")
+    pl.add_argument("--prune", type=_fraction, default=None, help="fraction of conv/linear weights to prune (on the policy's weight rules)")
+    pl.add_argument("--bits", type=_bits, default=None, help="bit width of the conv/linear weights (on the policy's weight rules)")
+    pl.add_argument("--target-ratio", type=float, default=None,
+                    help="target compression ratio vs fp32: per-layer pruning ratios and bit widths from the sensitivity analysis")
+    pl.add_argument("--target-loss", type=float, default=None, help="target RD loss increase (before retraining) for the allocator instead")
+    pl.add_argument("--retrain-steps", type=int, default=2000, help="masked retraining steps in all (0: none)")
+    pl.add_argument("--prune-rounds", type=_positive_int, default=4, help="prune/retrain rounds up to the target sparsity")
+    pl.add_argument("--schedule", choices=("agp", "linear"), default="agp", help="sparsity schedule of the rounds (agp: cubic)")
+    pl.add_argument("--centroid-steps", type=int, default=1000, help="trained-quantization steps (0: none)")
+    pl.add_argument("--freeze-raw", action="store_true", help="train only the centroids (and quantiles) in trained quantization")
+    pl.add_argument("--lr", type=float, default=1e-5, help="learning rate of masked retraining")
+    pl.add_argument("--centroid-lr", type=float, default=1e-5, help="learning rate of the centroids and raw parameters")
+    pl.add_argument("--batch-size", type=_positive_int, default=8)
+    pl.add_argument("--patch-size", type=_positive_int, default=256)
+    pl.add_argument("--val-every", type=_positive_int, default=250, help="validation (and checkpoint) interval in steps")
+    pl.add_argument("--checkpoint-every", type=_positive_int, default=None, help="checkpoint interval (default: --val-every)")
+    pl.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of the training photos held out for validation")
+    pl.add_argument("--val-patch", type=_positive_int, default=256, help="size of the validation crops")
+    pl.add_argument("--sens-ratios", type=_fraction, nargs="+", default=[0.0, 0.5, 0.7, 0.8, 0.9, 0.95], help="sensitivity grid: pruning ratios")
+    pl.add_argument("--sens-bits", type=_bits, nargs="+", default=[3, 4, 5, 6, 8], help="sensitivity grid: bit widths")
+    pl.add_argument("--sens-mode", choices=("joint", "separable"), default="joint", help="measure every (ratio, bits) pair, or the two curves")
+    pl.add_argument("--data", type=Path, default=DEFAULT_TRAIN_DATA, help="training photos for retraining and validation (never Kodak)")
+    pl.add_argument("--eval-data", type=Path, default=DEFAULT_EVAL_DATA, help="evaluation images, coded only by the evaluate stage (default: %(default)s)")
+    pl.add_argument("--eval-limit", type=_positive_int, default=None, help="only the first N evaluation images (quick checks)")
+    pl.add_argument("--no-eval", action="store_true", help="stop before the evaluate stage")
+    pl.add_argument("--stop-after", choices=("sensitivity", "policy", "prune", "retrain", "share", "centroids", "huffman", "evaluate"), default=None)
+    pl.add_argument("--seed", type=int, default=0)
+    pl.add_argument("--threads", type=_positive_int, default=None)
+    pl.add_argument("--quiet", action="store_true")
+    pl.set_defaults(func=cmd_pipeline)
     return p
 
 

@@ -29,7 +29,7 @@ from . import huffman, pruning, sparse_positions
 from .container import Container
 from .errors import DeepCompError
 from .policy import Policy, Rule
-from .weight_sharing import kmeans_share, uniform_share, uniform_share_per_channel
+from .weight_sharing import kmeans_share, uniform_codebook, uniform_share, uniform_share_per_channel
 
 FORMAT_NAME = "deepcomp"
 _RAW_DTYPES = {"fp32": np.dtype("<f4"), "fp16": np.dtype("<f2")}
@@ -128,9 +128,10 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
     entry = {"name": name, "shape": list(a.shape), "dtype": "float32", "encoding": "shared", "bits": rule.bits, "quantizer": rule.quantizer}
     if rule.quantizer == "uniform" and rule.per_channel and a.ndim >= 2:
         axis = channel_axis % a.ndim
-        books, idx_full = uniform_share_per_channel(np.where(kept.reshape(a.shape), a, 0.0), rule.bits, axis=axis)
+        books, idx_full, scales = uniform_share_per_channel(np.where(kept.reshape(a.shape), a, 0.0), rule.bits, axis=axis)
         codebook, indices = books.astype(np.float32), idx_full.ravel()[positions]
         entry["channel_axis"] = axis
+        entry["scales"] = container.add(scales.astype("<f8").tobytes())  # the codebooks are rebuilt from these
     else:
         values = flat[positions]
         shared = kmeans_share(values, rule.bits, init=rule.init, seed=seed) if rule.quantizer == "kmeans" else uniform_share(values, rule.bits)
@@ -138,7 +139,8 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
         if rule.quantizer == "kmeans":
             entry["init"] = rule.init
     k = codebook.shape[-1]
-    entry["codebook"] = container.add(codebook.astype("<f4").tobytes())
+    if "scales" not in entry:
+        entry["codebook"] = container.add(codebook.astype("<f4").tobytes())
     entry["codebook_shape"] = list(codebook.shape)
     entry["kept"] = int(positions.size)
 
@@ -194,18 +196,31 @@ def encode_arrays(
     return container
 
 
+def entry_codebook(container: Container, e: dict, source: str = "file") -> np.ndarray:
+    """The float32 codebook of a shared tensor, shaped ``codebook_shape``."""
+    book_shape = tuple(e["codebook_shape"])
+    if len(book_shape) not in (1, 2):
+        raise DeepCompError(f"{source}: codebook of {e['name']} has a bad shape")
+    if "scales" in e:  # per-channel uniform: one float64 step per channel
+        scales = np.frombuffer(container.records[e["scales"]], dtype="<f8")
+        if len(book_shape) != 2 or scales.size != book_shape[0]:
+            raise DeepCompError(f"{source}: scales of {e['name']} do not fit its codebook shape")
+        codebook = np.concatenate([uniform_codebook(s, int(e["bits"])) for s in scales]) if scales.size else np.zeros(0, np.float32)
+    else:
+        codebook = np.frombuffer(container.records[e["codebook"]], dtype="<f4")
+    if codebook.size != int(np.prod(book_shape, dtype=np.int64)):
+        raise DeepCompError(f"{source}: codebook of {e['name']} has the wrong size")
+    return codebook.reshape(book_shape)
+
+
 def _decode_shared(container: Container, e: dict, source: str) -> np.ndarray:
     shape = tuple(e["shape"])
     size = int(np.prod(shape, dtype=np.int64))
     book_shape = tuple(e["codebook_shape"])
-    if len(book_shape) not in (1, 2):
-        raise DeepCompError(f"{source}: codebook of {e['name']} has a bad shape")
-    codebook = np.frombuffer(container.records[e["codebook"]], dtype="<f4")
-    if codebook.size != int(np.prod(book_shape, dtype=np.int64)):
-        raise DeepCompError(f"{source}: codebook of {e['name']} has the wrong size")
+    codebook = entry_codebook(container, e, source)
     k = book_shape[-1]
     # symbol k is zero
-    book = np.concatenate([codebook.reshape(book_shape), np.zeros(book_shape[:-1] + (1,), np.float32)], axis=-1)
+    book = np.concatenate([codebook, np.zeros(book_shape[:-1] + (1,), np.float32)], axis=-1)
     coded = _uncode(container, e["indices"], source)
     if e["layout"] == "dense":
         symbols = coded
@@ -262,7 +277,7 @@ def decode_arrays(container: Container, source: str = "file") -> "OrderedDict[st
 
 def tensor_records(entry: dict) -> list[int]:
     """The record indices one tensor entry uses."""
-    recs = [entry[k] for k in ("data", "codebook") if k in entry]
+    recs = [entry[k] for k in ("data", "codebook", "scales") if k in entry]
     for k in ("indices", "positions"):
         if k in entry:
             recs += [entry[k]["lengths"], entry[k]["stream"]]

@@ -108,36 +108,54 @@ def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int 
     return SharedWeights(codebook, remap[idx])
 
 
-def uniform_share(values: np.ndarray, bits: int) -> SharedWeights:
-    """Symmetric uniform quantizer: ``2**(bits-1) - 1`` levels each side of zero.
+def uniform_codebook(scale: float, bits: int) -> np.ndarray:
+    """The codebook of the symmetric uniform quantizer with step ``scale``.
 
-    The codebook is ``scale * (arange(levels) - offset)``; 1 bit gives {-s, +s}.
+    ``2**(bits-1) - 1`` levels each side of zero (255 values for 8 bits);
+    1 bit gives {-scale, +scale}.  Encoder and decoder both call this, so a
+    file needs to store only the step (float64) to rebuild the codebook bit
+    for bit.
     """
     _check_bits(bits)
-    values = np.asarray(values, dtype=np.float64).ravel()
-    half = max((1 << (bits - 1)) - 1, 1) if bits > 1 else 1
-    peak = float(np.abs(values).max()) if values.size else 0.0
-    scale = peak / half if peak > 0 else 1.0
     if bits == 1:
-        codebook = np.array([-scale, scale], dtype=np.float32)
+        return np.array([-scale, scale], dtype=np.float32)
+    half = (1 << (bits - 1)) - 1
+    return (np.arange(-half, half + 1, dtype=np.float64) * float(scale)).astype(np.float32)
+
+
+def uniform_scale(values: np.ndarray, bits: int) -> float:
+    """The step that maps the largest |value| to the outermost level."""
+    half = max((1 << (bits - 1)) - 1, 1)
+    peak = float(np.abs(values).max()) if np.size(values) else 0.0
+    return peak / half if peak > 0 else 1.0
+
+
+def uniform_share(values: np.ndarray, bits: int) -> SharedWeights:
+    """Symmetric uniform quantizer over ``uniform_codebook(scale, bits)``."""
+    _check_bits(bits)
+    values = np.asarray(values, dtype=np.float64).ravel()
+    scale = uniform_scale(values, bits)
+    codebook = uniform_codebook(scale, bits)
+    if bits == 1:
         return SharedWeights(codebook, (values >= 0).astype(np.int64))
-    levels = np.arange(-half, half + 1, dtype=np.float64)
-    codebook = (levels * scale).astype(np.float32)
+    half = (1 << (bits - 1)) - 1
     idx = np.clip(np.rint(values / scale), -half, half).astype(np.int64) + half
     return SharedWeights(codebook, idx)
 
 
-def uniform_share_per_channel(weights: np.ndarray, bits: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def uniform_share_per_channel(weights: np.ndarray, bits: int, axis: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-channel uniform quantizer along ``axis``.
 
-    Returns ``(codebooks, indices)``: ``codebooks`` of shape (channels, levels),
-    ``indices`` shaped like ``weights``; the value at channel ``c`` is
-    ``codebooks[c, indices]``.
+    Returns ``(codebooks, indices, scales)``: ``codebooks`` of shape
+    (channels, levels), ``indices`` shaped like ``weights``, ``scales`` the
+    float64 step of each channel; the value at channel ``c`` is
+    ``codebooks[c, indices]`` and ``codebooks[c] == uniform_codebook(scales[c], bits)``.
     """
     w = np.moveaxis(np.asarray(weights, dtype=np.float64), axis, 0)
-    books, idx = [], np.empty(w.shape, dtype=np.int64)
+    books, scales, idx = [], [], np.empty(w.shape, dtype=np.int64)
     for c in range(w.shape[0]):
         s = uniform_share(w[c], bits)
         books.append(s.codebook)
+        scales.append(uniform_scale(w[c].ravel(), bits))
         idx[c] = s.indices.reshape(w.shape[1:])
-    return np.stack(books), np.moveaxis(idx, 0, axis)
+    return np.stack(books), np.moveaxis(idx, 0, axis), np.array(scales, dtype=np.float64)

@@ -52,8 +52,9 @@ def test_uniform_per_channel_uses_each_channels_scale():
     rng = np.random.default_rng(3)
     scales = np.array([1, 10, 100, 0.1, 1, 2, 3, 4])
     w = rng.normal(size=(4, 8, 3, 3)) * scales[None, :, None, None]  # transposed-conv layout
-    books, idx = ws.uniform_share_per_channel(w, 8, axis=1)
+    books, idx, steps = ws.uniform_share_per_channel(w, 8, axis=1)
     assert books.shape == (8, 255)
+    assert all(np.array_equal(books[c], ws.uniform_codebook(steps[c], 8)) for c in range(8))
     rec = books[np.arange(8)[None, :, None, None], idx]
     rel = np.abs(rec - w).max(axis=(0, 2, 3)) / np.abs(w).max(axis=(0, 2, 3))
     assert np.all(rel <= 0.5 / 127 + 1e-6)

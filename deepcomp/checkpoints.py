@@ -14,6 +14,18 @@ from .errors import DeepCompError
 _WRAPPER_KEYS = ("state_dict", "network", "model_state_dict", "model")
 
 
+def load_checkpoint(path: str | os.PathLike):
+    """``torch.load(path, weights_only=True)`` on the CPU, with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DeepCompError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DeepCompError(f"cannot read checkpoint {path}: {first}") from None
+
+
 def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]":
     """Read a checkpoint file and return its state_dict.
 
@@ -22,13 +34,7 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]"
     unpickles arbitrary objects: ``torch.load(..., weights_only=True)``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DeepCompError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt files
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DeepCompError(f"cannot read checkpoint {path}: {first}") from None
+    obj = load_checkpoint(path)
     if isinstance(obj, dict):
         for key in _WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):

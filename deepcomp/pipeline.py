@@ -54,7 +54,7 @@ from .finetune import (
 )
 from .policy import Policy
 from .sensitivity import DEFAULT_BITS, DEFAULT_RATIOS, MODES, SensitivityTable, allocate, analyze, plot_sensitivity
-from .training import TrainConfig, evaluate_rd
+from .training import TrainConfig, evaluate_rd, read_training_checkpoint
 
 FORMAT = "deepcomp-pipeline/1"
 STAGES = ("sensitivity", "policy", "prune", "retrain", "share", "centroids", "huffman", "evaluate")
@@ -205,16 +205,6 @@ def _write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(evaluation._clean(obj), indent=1) + "\n").encode())
 
 
-def _load_training(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeepCompError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise DeepCompError(f"{path} is not a pipeline checkpoint")
-    return ckpt
-
-
 class Pipeline:
     """One run of the pipeline in an output folder; :meth:`run` does the stages still to do."""
 
@@ -349,13 +339,13 @@ class Pipeline:
         if not prunes or c.retrain_steps == 0:
             why = "nothing is pruned" if not prunes else "no retraining steps"
             self.log(f"[retrain] skipped ({why}): the pruned weights go on unchanged")
-            prune = _load_training(self.out / "prune.pth.tar")
+            prune = read_training_checkpoint(self.out / "prune.pth.tar")
             self._save_model(path, prune["state_dict"], done=True)
             self._finish("retrain", file="retrain.pth.tar", skipped=why)
             return
         state = None
         if path.exists():
-            ck = _load_training(path)
+            ck = read_training_checkpoint(path)
             model, state = self._model(ck["state_dict"]), dict(ck.get("train_state") or {})
             self.log(f"[retrain] resuming at step {state.get('step', 0)} of {c.retrain_steps}")
         else:
@@ -370,14 +360,14 @@ class Pipeline:
         data.sampler.rng = np.random.default_rng([c.seed, 1, (state or {}).get("step", 0)])
         gradual_prune_retrain(model, policy, tc, data, c.prune_rounds, c.schedule, state=state, on_checkpoint=save,
                               checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log)
-        ck = _load_training(path)
+        ck = read_training_checkpoint(path)
         self._save_model(path, model.state_dict(), train_state=ck.get("train_state"), done=True)
         self._finish("retrain", file="retrain.pth.tar")
 
     def stage_share(self) -> None:
         from .model_file import compress_state_dict
 
-        state = _load_training(self.out / "retrain.pth.tar")["state_dict"]
+        state = read_training_checkpoint(self.out / "retrain.pth.tar")["state_dict"]
         c = compress_state_dict(state, storage_policy(self.policy), self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size)
         size = container.write(self.out / "share.dcmp", c)
         self.log(f"[share] k-means shared -> share.dcmp ({size:,} bytes with Huffman coding)")
@@ -396,7 +386,7 @@ class Pipeline:
             return
         state, indices = None, None
         if path.exists():
-            ck = _load_training(path)
+            ck = read_training_checkpoint(path)
             model, state, indices = self._model(ck["state_dict"]), dict(ck.get("train_state") or {}), ck.get("indices")
             self.log(f"[centroids] resuming at step {state.get('step', 0)} of {c.centroid_steps}")
         else:
@@ -410,12 +400,12 @@ class Pipeline:
         data.sampler.rng = np.random.default_rng([c.seed, 2, (state or {}).get("step", 0)])
         train_centroids(model, policy, c.train_config(c.centroid_steps, c.centroid_lr), data, state=state, indices=indices, train_raw=c.train_raw,
                         on_checkpoint=save, checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log)
-        ck = _load_training(path)
+        ck = read_training_checkpoint(path)
         self._save_model(path, model.state_dict(), indices=ck.get("indices"), train_state=ck.get("train_state"), done=True)
         self._finish("centroids", file="centroids.pth.tar")
 
     def stage_huffman(self) -> None:
-        state = _load_training(self.out / "centroids.pth.tar")["state_dict"]
+        state = read_training_checkpoint(self.out / "centroids.pth.tar")["state_dict"]
         size = write_exact(self.out / "final.dcmp", state, self.policy, self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size)
         self.log(f"[huffman] the fine-tuned weights, stored exactly -> final.dcmp ({size:,} bytes)")
         alloc = _read_json(self.out / "policy.json").get("allocation")
@@ -433,7 +423,7 @@ class Pipeline:
         file = dict((k, f) for k, _, f, _ in ROWS)[key]
         if file.endswith(".dcmp"):
             return dict(load_arrays(self.out / file))
-        return _numpy(_load_training(self.out / file)["state_dict"])
+        return _numpy(read_training_checkpoint(self.out / file)["state_dict"])
 
     def _stage_path(self, key: str) -> Path:
         if key == "baseline":
@@ -534,16 +524,9 @@ TABLE_FIELDS = ("stage", "label", "stored_as", "bytes", "ratio", "density", "val
 
 
 def stages_csv(rows) -> str:
-    import csv
-    import io
+    from .report import csv_text
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(TABLE_FIELDS)
-    for r in rows:
-        w.writerow(["" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else
-                    (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in TABLE_FIELDS])
-    return buf.getvalue()
+    return csv_text(rows, TABLE_FIELDS)
 
 
 def stages_markdown(table: Mapping) -> str:

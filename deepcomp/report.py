@@ -264,7 +264,8 @@ def markdown_bd_table(bd: Sequence[Mapping], method: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _csv(rows: Sequence[Mapping], fields: Sequence[str]) -> str:
+def csv_text(rows: Sequence[Mapping], fields: Sequence[str]) -> str:
+    """CSV of ``rows`` (dicts) in the column order ``fields``; None and NaN are empty."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(fields)
@@ -276,11 +277,11 @@ def _csv(rows: Sequence[Mapping], fields: Sequence[str]) -> str:
 
 def table_csv(rows: Sequence[Mapping]) -> str:
     """The model table as CSV (raw numbers)."""
-    return _csv(rows, TABLE_FIELDS)
+    return csv_text(rows, TABLE_FIELDS)
 
 
 def bd_csv(bd: Sequence[Mapping]) -> str:
-    return _csv(bd, BD_FIELDS)
+    return csv_text(bd, BD_FIELDS)
 
 
 # ---------------------------------------------------------------- plots

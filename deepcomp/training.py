@@ -248,13 +248,11 @@ def train_steps(
 
 
 # ---------------------------------------------------------------- the command
-def _read_training_checkpoint(path: Path) -> dict:
-    if not path.is_file():
-        raise DeepCompError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeepCompError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+def read_training_checkpoint(path: str | Path) -> dict:
+    """A checkpoint dict with a ``state_dict`` (and maybe ``train_state``, ``config``)."""
+    from .checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise DeepCompError(f"{path} is not a deepcomp training checkpoint (no state_dict)")
     return ckpt
@@ -290,7 +288,7 @@ def train(
     state: dict = {}
     source = out if out.exists() else (Path(resume) if resume is not None else None)
     if source is not None:
-        ckpt = _read_training_checkpoint(source)
+        ckpt = read_training_checkpoint(source)
         zoo.assign_weights(model, ckpt["state_dict"], str(source))
         state = dict(ckpt.get("train_state") or {})
         log(f"resuming {source} at step {state.get('step', 0)}")
@@ -319,7 +317,7 @@ def export_baseline(train_checkpoint: str | Path, out: str | Path) -> dict:
     learning rate (not the optimiser moments, to keep the file small), so that
     ``deepcomp train --resume`` continues the run.
     """
-    ckpt = _read_training_checkpoint(Path(train_checkpoint))
+    ckpt = read_training_checkpoint(Path(train_checkpoint))
     cfg = ckpt.get("config") or {}
     model = zoo.model_from_state_dict(cfg.get("arch", "bmshj2018-factorized"), int(cfg.get("quality", 3)), ckpt["state_dict"], str(train_checkpoint))
     state = {k: v for k, v in (ckpt.get("train_state") or {}).items() if k not in ("optimizer", "aux_optimizer")}

@@ -31,3 +31,12 @@ def kodak_two(tmp_path_factory) -> Path:
     for name in ("kodim01.png", "kodim23.png"):
         shutil.copy(KODAK / name, folder / name)
     return folder
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (the training tests are small; threads only contend)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

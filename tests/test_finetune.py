@@ -22,12 +22,7 @@ from deepcomp.weight_sharing import kmeans_share
 ARCH = "bmshj2018-factorized"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

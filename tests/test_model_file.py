@@ -1,10 +1,9 @@
 """End to end: checkpoint -> deepcomp file -> CompressAI model -> real bitstreams."""
 
-import numpy as np
 import pytest
 import torch
 
-from deepcomp import container, model_file, zoo
+from deepcomp import model_file, zoo
 from deepcomp.errors import DeepCompError
 from deepcomp.images import read_rgb, to_tensor
 from deepcomp.policy import Policy

@@ -18,12 +18,7 @@ ARCH = "bmshj2018-factorized"
 POLICY = Policy(rules=(Rule(pattern="*entropy_bottleneck*"), Rule(kind="weight", prune=0.5, bits=4), Rule()))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,7 @@ from deepcomp.sensitivity import (
 ARCH = "bmshj2018-factorized"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_table(seed=0, layers=4, ratios=(0.0, 0.5, 0.8), bits=(2, 4, 8)):

@@ -32,7 +32,6 @@ deleted).  ``--limit N`` codes only the first N images (quick checks).
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import math
 import re
@@ -45,6 +44,7 @@ from pathlib import Path
 
 from deepcomp import container, evaluation, latent_storage, report, weight_formats, zoo
 from deepcomp.checkpoints import atomic_write_bytes
+from deepcomp.report import csv_text
 from deepcomp.errors import DeepCompError
 from deepcomp.model_file import compress_state_dict, file_info
 from deepcomp.policy import Policy
@@ -125,16 +125,6 @@ def _f(v, fmt: str, none: str = "n/a") -> str:
     if isinstance(v, float) and math.isinf(v):
         return "lossless" if v > 0 else "-inf"
     return format(v, fmt)
-
-
-def _csv(rows, fields) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(fields)
-    for r in rows:
-        w.writerow(["" if r.get(k) is None or (isinstance(r.get(k), float) and math.isnan(r[k])) else
-                    (repr(r[k]) if isinstance(r[k], float) else r[k]) for k in fields])
-    return buf.getvalue()
 
 
 def _md(head, rows, align=None) -> str:
@@ -443,15 +433,15 @@ def write_outputs(docs, lat, notes, args, out: Path) -> dict:
     n_images = sorted({r["images"] for r in wrows})
     command = ".venv/bin/python tools/compare_storage.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
-    atomic_write_bytes(out / "weights.csv", _csv(wrows, WEIGHT_FIELDS).encode())
+    atomic_write_bytes(out / "weights.csv", csv_text(wrows, WEIGHT_FIELDS).encode())
     atomic_write_bytes(out / "weights.md", weights_md(wrows).encode())
-    atomic_write_bytes(out / "families.csv", _csv(frows, FAMILY_FIELDS).encode())
+    atomic_write_bytes(out / "families.csv", csv_text(frows, FAMILY_FIELDS).encode())
     atomic_write_bytes(out / "families.md", families_md(frows).encode())
-    atomic_write_bytes(out / "summary.csv", _csv(eq, SUMMARY_FIELDS).encode())
+    atomic_write_bytes(out / "summary.csv", csv_text(eq, SUMMARY_FIELDS).encode())
     paths = {"rd_psnr": report.plot_rd(rows, out / "rd_psnr.png", "psnr", baseline=ANCHOR),
              "size_quality": plot_size_quality(frows, out / "size_quality.png")}
     if lat is not None:
-        atomic_write_bytes(out / "latents.csv", _csv(lat["rows"], latent_storage.FIELDS).encode())
+        atomic_write_bytes(out / "latents.csv", csv_text(lat["rows"], latent_storage.FIELDS).encode())
         atomic_write_bytes(out / "latents.md", latents_md(lat).encode())
 
     data = f"{args.data} ({'/'.join(map(str, n_images))} images{', first ' + str(args.limit) if args.limit else ''})"

@@ -35,6 +35,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .training import export_baseline
+
+    payload = export_baseline(args.checkpoint, args.out)
+    print(f"wrote {args.out}: step {payload['train_state'].get('step')}, update(force=True) applied")
+    return 0
+
+
 def _fraction(text: str) -> float:
     try:
         v = float(text)
@@ -220,6 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    x = sub.add_parser("export", help="a CompressAI-loadable baseline (resumable with train --resume) from a training checkpoint")
+    x.add_argument("checkpoint", type=Path, help="a checkpoint written by deepcomp train")
+    x.add_argument("-o", "--out", type=Path, required=True)
+    x.set_defaults(func=cmd_export)
 
     # --- evaluate / report subcommands (evaluation.py, report.py) go below this line ---
 

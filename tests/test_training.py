@@ -44,7 +44,9 @@ def test_train_resume_export(photos, tmp_path):
 
     # the exported baseline loads in CompressAI unchanged and carries the run's state
     base = tmp_path / "base.pth.tar"
-    training.export_baseline(out, base)
+    from deepcomp import cli
+
+    assert cli.main(["export", str(out), "-o", str(base)]) == 0
     from compressai.zoo.image import model_architectures
 
     ck = torch.load(base, weights_only=True)

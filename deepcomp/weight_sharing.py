@@ -71,25 +71,23 @@ def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int 
         return SharedWeights(np.zeros(0, np.float32), np.zeros(0, np.int64))
     if init not in INITS:
         raise DeepCompError(f"unknown centroid initialisation {init!r}; choose one of {', '.join(INITS)}")
-    unique = np.unique(values)
+    unique, unique_counts = np.unique(values, return_counts=True)
     k = 1 << bits
     if unique.size <= k:  # nothing to cluster: every distinct value is a centroid
         codebook = unique.astype(np.float32)
         return SharedWeights(codebook, np.searchsorted(codebook, values.astype(np.float32)).astype(np.int64))
-    lo, hi = float(values.min()), float(values.max())
-    nbins = min(HISTOGRAM_BINS, unique.size)
-    if nbins < HISTOGRAM_BINS:
-        points, weights = unique, np.ones(unique.size)
-        counts = np.unique(values, return_counts=True)[1]
-        weights = counts.astype(np.float64)
-    else:
-        counts, edges = np.histogram(values, bins=nbins, range=(lo, hi))
-        sums = np.bincount(np.clip(((values - lo) / (hi - lo) * nbins).astype(np.int64), 0, nbins - 1), weights=values, minlength=nbins)
+    # cluster the distinct values (weighted by their counts), or the means of
+    # histogram bins when there are many; not when outliers leave fewer
+    # occupied bins than clusters
+    points, weights = unique, unique_counts.astype(np.float64)
+    if unique.size > HISTOGRAM_BINS:
+        lo, hi = float(values.min()), float(values.max())
+        bins = np.clip(((values - lo) / (hi - lo) * HISTOGRAM_BINS).astype(np.int64), 0, HISTOGRAM_BINS - 1)
+        counts = np.bincount(bins, minlength=HISTOGRAM_BINS)
+        sums = np.bincount(bins, weights=values, minlength=HISTOGRAM_BINS)
         used = counts > 0
-        points, weights = sums[used] / counts[used], counts[used].astype(np.float64)
-    if points.size < k:  # outliers leave fewer occupied bins than clusters: cluster the distinct values
-        points, counts = np.unique(values, return_counts=True)
-        weights = counts.astype(np.float64)
+        if used.sum() >= k:
+            points, weights = sums[used] / counts[used], counts[used].astype(np.float64)
     init_c = initial_centroids(values if init != "forgy" else points, k, init, seed)
     init_c = np.unique(init_c)
     km = KMeans(n_clusters=init_c.size, init=init_c.reshape(-1, 1), n_init=1, max_iter=max_iter, random_state=seed, tol=1e-10)

@@ -46,7 +46,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from . import codec, container, evaluation, zoo
+from . import codec, container, evaluation, sparse_positions, zoo
 from .checkpoints import atomic_write_bytes, read_state_dict, write_checkpoint
 from .errors import DeepCompError
 from .finetune import (
@@ -127,16 +127,10 @@ class PipelineConfig:
 # ---------------------------------------------------------------- sizes (Han's stages)
 def position_bits(kept: np.ndarray) -> int:
     """Bits of the relative indices of the kept positions, at the best fixed width (no Huffman)."""
-    positions = np.flatnonzero(np.asarray(kept, dtype=bool).ravel())
-    if positions.size == 0:
+    kept = np.asarray(kept, dtype=bool)
+    if not kept.any():
         return 0
-    zeros_before = np.diff(positions, prepend=-1) - 1
-    best = None
-    for g in range(1, 17):
-        filler = (1 << g) - 1
-        count = positions.size + int((zeros_before // filler).sum())
-        best = count * g if best is None else min(best, count * g)
-    return int(best)
+    return min(sparse_positions.encode_gaps(kept, g).size * g for g in range(1, 17))
 
 
 def stage_bytes(arrays: Mapping[str, np.ndarray], policy: Policy, shared: bool) -> int:

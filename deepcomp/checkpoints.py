@@ -84,6 +84,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def read_json(path: str | os.PathLike, what: str):
+    """A JSON file's content, with one-line errors naming ``what`` it should be."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DeepCompError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeepCompError(f"cannot read {what} {path}: {exc}") from None
+
+
 def write_checkpoint(path: str | os.PathLike, payload: dict) -> None:
     """Save a checkpoint dict (tensors, numbers, strings) atomically with torch.save."""
     import io

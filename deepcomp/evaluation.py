@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import zoo
-from .checkpoints import atomic_write_bytes, read_state_dict
+from .checkpoints import atomic_write_bytes, read_json, read_state_dict
 from .errors import DeepCompError
 from .images import KODAK_HINT, list_images, read_rgb
 
@@ -465,13 +465,7 @@ def write_results(doc: Mapping, out_dir: str | os.PathLike, stem: str) -> tuple[
 
 def read_results(path: str | os.PathLike) -> dict:
     """A results JSON written by :func:`write_results`."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DeepCompError(f"results file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeepCompError(f"cannot read results {path}: {exc}") from None
+    doc = read_json(path, "results file")
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise DeepCompError(f"{path} is not a deepcomp evaluation result (no format {RESULTS_FORMAT!r})")
     return doc

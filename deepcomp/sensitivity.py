@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import codec, container, zoo
-from .checkpoints import atomic_write_bytes
+from .checkpoints import atomic_write_bytes, read_json
 from .errors import DeepCompError
 from .policy import Policy, Rule
 from .training import evaluate_rd
@@ -182,14 +182,7 @@ class SensitivityTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "SensitivityTable":
-        path = Path(path)
-        try:
-            obj = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DeepCompError(f"sensitivity table not found: {path}") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DeepCompError(f"cannot read sensitivity table {path}: {exc}") from None
-        return cls.from_json(obj, str(path))
+        return cls.from_json(read_json(path, "sensitivity table"), str(path))
 
 
 # ---------------------------------------------------------------- measuring

@@ -52,6 +52,20 @@ def read_state_dict(path: str | os.PathLike) -> "OrderedDict[str, torch.Tensor]"
     return state
 
 
+def checkpoint_config(path: str | os.PathLike) -> dict:
+    """The ``config`` dict a checkpoint records (arch, quality, lmbda, widths...), or ``{}``.
+
+    Memory-mapped and weights-only, so it costs little; a file that cannot
+    be read gives ``{}`` (reading its state_dict reports the problem).
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {}
+    cfg = obj.get("config") if isinstance(obj, dict) else None
+    return dict(cfg) if isinstance(cfg, dict) else {}
+
+
 def check_output_path(path: str | os.PathLike) -> Path:
     """Fail early (before any work) if ``path`` cannot be written."""
     path = Path(path)

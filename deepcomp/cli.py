@@ -99,11 +99,14 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)
     header = file_info(args.file)
+    payload = {}
     if header.get("arch"):
         state = load_model(args.file).state_dict()  # with the rebuilt entropy-coder buffers
+        if header.get("widths"):  # a channel-pruned model: its widths are needed to rebuild it
+            payload["config"] = {"arch": header["arch"], "quality": header.get("quality"), "widths": header["widths"]}
     else:
         state = load(args.file)
-    write_checkpoint(args.out, {"state_dict": dict(state)})
+    write_checkpoint(args.out, {"state_dict": dict(state), **payload})
     print(f"wrote {args.out}: {len(state)} tensors")
     return 0
 
@@ -182,6 +185,46 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     run_pipeline(args.checkpoint, args.out, cfg, args.data, None if args.no_eval else args.eval_data, eval_limit=args.eval_limit,
                  stop_after=args.stop_after, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
     return 0
+
+
+def cmd_channel_prune(args: argparse.Namespace) -> int:
+    from .structured import channel_prune, parse_ratios
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    targets = [(k, v) for k, v in (("macs", args.target_macs), ("params", args.target_params)) if v is not None]
+    if len(targets) > 1:
+        raise DeepCompError("give --target-macs or --target-params, not both")
+    if args.quality is not None and args.arch is None:
+        raise DeepCompError("--quality needs --arch")
+    channel_prune(
+        args.checkpoint, args.out, arch=args.arch, quality=args.quality, lmbda=args.lmbda,
+        ratio=args.ratio, ratios=parse_ratios(args.ratios) if args.ratios is not None else None,
+        target=targets[0][1] if targets else None, cost=targets[0][0] if targets else "macs", target_loss=args.target_loss,
+        groups=args.groups, importance=args.importance, sens_ratios=args.sens_ratios, sensitivity=args.sensitivity,
+        finetune_steps=args.finetune_steps, data=args.data, batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr,
+        val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch, seed=args.seed, progress=not args.quiet,
+    )
+    return 0
+
+
+def _open_fraction(text: str) -> float:
+    v = _fraction(text)
+    if v == 0.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1): {text}")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return v
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +351,37 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--threads", type=_positive_int, default=None)
     pl.add_argument("--quiet", action="store_true")
     pl.set_defaults(func=cmd_pipeline)
+
+    # the defaults below are those of deepcomp.structured.channel_prune (not imported here: torch loads slowly)
+    cpr = sub.add_parser("channel-prune", help="structured pruning: remove whole channels (physically thinner model), fine-tune")
+    cpr.add_argument("checkpoint", type=Path, help="the baseline checkpoint (or an already channel-pruned one)")
+    cpr.add_argument("-o", "--out", type=Path, required=True, help="the thinner model's checkpoint (.pth.tar; `deepcomp compress`/`evaluate` take it)")
+    cpr.add_argument("--arch", default=None, help="architecture, if the checkpoint does not record it")
+    cpr.add_argument("--quality", type=_positive_int, default=None)
+    cpr.add_argument("--lmbda", type=float, default=None, help="RD lambda (default: the checkpoint's, else CompressAI's for the quality)")
+    how = cpr.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ratio", type=_fraction, default=None, help="fraction of the channels removed in every group (or those of --groups)")
+    how.add_argument("--ratios", default=None, metavar="JSON", help='per-group fractions: inline JSON ({"g_a.0": 0.5}) or a JSON file')
+    how.add_argument("--target-macs", type=_open_fraction, default=None, help="fraction of the MACs per pixel (encode + decode) to remove; ratios from the RD sensitivity")
+    how.add_argument("--target-params", type=_open_fraction, default=None, help="fraction of the parameters to remove; ratios from the RD sensitivity")
+    how.add_argument("--target-loss", type=float, default=None, help="predicted RD loss increase (before fine-tuning) to allow; ratios from the RD sensitivity")
+    cpr.add_argument("--groups", nargs="+", default=None, help="only these channel groups (e.g. g_a.0 y g_s.4); default: all")
+    cpr.add_argument("--importance", choices=("activation", "l1", "l1-product"), default="activation",
+                     help="which channels go first: activation (measured on validation crops, needs --data), l1 of the filters (Li et al.), l1-product")
+    cpr.add_argument("--sens-ratios", type=_open_fraction, nargs="+", default=[0.125, 0.25, 0.375, 0.5, 0.625, 0.75], help="sensitivity grid: channel fractions")
+    cpr.add_argument("--sensitivity", type=Path, default=None, help="JSON file of the channel sensitivity: reused if it exists, else written")
+    cpr.add_argument("--finetune-steps", type=_non_negative_int, default=0, help="RD fine-tuning steps of the thinner model (0: none)")
+    cpr.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate")
+    cpr.add_argument("--batch-size", type=_positive_int, default=8)
+    cpr.add_argument("--patch-size", type=_positive_int, default=256)
+    cpr.add_argument("--val-every", type=_positive_int, default=250)
+    cpr.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of the training photos held out for validation")
+    cpr.add_argument("--val-patch", type=_positive_int, default=256, help="size of the validation crops")
+    cpr.add_argument("--data", type=Path, default=DEFAULT_TRAIN_DATA, help="training photos: validation crops and fine-tuning (never Kodak)")
+    cpr.add_argument("--seed", type=int, default=0)
+    cpr.add_argument("--threads", type=_positive_int, default=None)
+    cpr.add_argument("--quiet", action="store_true")
+    cpr.set_defaults(func=cmd_channel_prune)
     return p
 
 

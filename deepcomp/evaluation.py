@@ -75,6 +75,8 @@ def _checkpoint_meta(path: Path) -> dict:
                 q = src.get("quality")
                 if isinstance(q, int) and not isinstance(q, bool) and "quality" not in meta:
                     meta["quality"] = q
+                if isinstance(src.get("widths"), dict) and "widths" not in meta:
+                    meta["widths"] = src["widths"]  # a channel-pruned model's channels per group
     return meta
 
 
@@ -163,7 +165,7 @@ def open_model(path: str | os.PathLike, arch: str | None = None, quality: int | 
             missing = " and ".join(n for n, v in (("--arch", arch), ("--quality", quality)) if v is None)
             raise DeepCompError(f"{path} does not say which model it holds: pass {missing}")
         state = read_state_dict(path)
-        model = zoo.model_from_state_dict(arch, quality, state, source=str(path))
+        model = zoo.model_from_state_dict(arch, quality, state, source=str(path), widths=meta.get("widths"))
         kind = "checkpoint"
     model = model.cpu().float()
     model.update(force=True)
@@ -179,6 +181,8 @@ def open_model(path: str | os.PathLike, arch: str | None = None, quality: int | 
     }
     info.update(parameter_stats(model))
     info.update(extra)
+    if meta.get("widths"):
+        info["widths"] = dict(meta["widths"])
     return model, info
 
 

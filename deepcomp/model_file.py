@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__, codec, container, zoo
-from .checkpoints import read_state_dict
+from .checkpoints import checkpoint_config, read_state_dict
 from .errors import DeepCompError
 from .policy import Policy
 
@@ -33,14 +33,20 @@ def compress_state_dict(
     quality: int | None = None,
     reference_bytes: int | None = None,
     progress=None,
+    widths: Mapping[str, int] | None = None,
 ) -> container.Container:
     """Encode a state_dict.  With ``arch``/``quality`` (a CompressAI model) the
-    weights are checked against the architecture and derived buffers dropped."""
+    weights are checked against the architecture and derived buffers dropped.
+    ``widths`` (a channel-pruned model's channels per group) is checked the
+    same way and recorded in the header, from which ``load_model`` rebuilds
+    the thinner model."""
     channel_axes = {}
+    if widths and arch is None:
+        raise DeepCompError("channel widths need --arch and --quality")
     if arch is not None:
         if quality is None:
             raise DeepCompError("--quality is needed with --arch")
-        model = zoo.build(arch, quality)
+        model = zoo.build(arch, quality, widths=widths)
         state_dict = zoo.canonical_state_dict(model, state_dict)
         zoo.assign_weights(model, state_dict, "checkpoint")  # fails clearly if it does not fit
         state_dict = zoo.strip_derived(state_dict)
@@ -55,6 +61,8 @@ def compress_state_dict(
             "checkpoint_bytes": reference_bytes,
         },
     }
+    if widths:
+        meta["widths"] = {k: int(v) for k, v in widths.items()}
     return codec.encode_arrays(arrays, policy, meta, channel_axes=channel_axes, progress=progress)
 
 
@@ -66,9 +74,14 @@ def compress_checkpoint(
     quality: int | None = None,
     progress=None,
 ) -> int:
-    """Compress a checkpoint file into a deepcomp file; returns its size in bytes."""
+    """Compress a checkpoint file into a deepcomp file; returns its size in bytes.
+
+    A channel-pruned checkpoint's widths (its ``config["widths"]``) go with it.
+    """
     state_dict = read_state_dict(checkpoint)
-    c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=Path(checkpoint).stat().st_size, progress=progress)
+    widths = checkpoint_config(checkpoint).get("widths") if arch is not None else None
+    c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=Path(checkpoint).stat().st_size, progress=progress,
+                            widths=widths)
     return container.write(out, c)
 
 
@@ -87,11 +100,14 @@ def file_info(path: str | os.PathLike) -> dict:
 
 
 def load_model(path: str | os.PathLike, arch: str | None = None, quality: int | None = None) -> nn.Module:
-    """A CompressAI model rebuilt from a deepcomp file, in eval mode, entropy coders updated."""
+    """A CompressAI model rebuilt from a deepcomp file, in eval mode, entropy coders updated.
+
+    A channel-pruned model is rebuilt with the widths its header records.
+    """
     c = container.read(path)
     arch = arch or c.header.get("arch")
     quality = quality or c.header.get("quality")
     if arch is None or quality is None:
         raise DeepCompError(f"{path} does not name its architecture; pass --arch and --quality")
     state = OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in codec.decode_arrays(c, str(path)).items())
-    return zoo.model_from_state_dict(arch, int(quality), state, source=str(path))
+    return zoo.model_from_state_dict(arch, int(quality), state, source=str(path), widths=c.header.get("widths"))

@@ -258,6 +258,19 @@ def read_training_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def init_provenance(path: str | Path) -> dict:
+    """What a run seeded with ``--init`` started from: the file and, when it is
+    a deepcomp checkpoint, its architecture, quality, lambda and step."""
+    from .checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    cfg = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    st = ckpt.get("train_state") if isinstance(ckpt.get("train_state"), dict) else {}
+    return {"path": str(path), "arch": cfg.get("arch"), "quality": cfg.get("quality"), "lmbda": cfg.get("lmbda"),
+            "step": st.get("step"), "seconds": st.get("seconds")}
+
+
 def train(
     cfg: TrainConfig,
     data: str | Path,
@@ -294,6 +307,7 @@ def train(
         log(f"resuming {source} at step {state.get('step', 0)}")
     elif init is not None:
         zoo.assign_weights(model, read_state_dict(init), str(init))
+        state["init"] = init_provenance(init)
         log(f"initialised from {init}")
     model.to(device)
     train_files, val_files = split_photos(data, cfg.val_fraction)

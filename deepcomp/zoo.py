@@ -3,6 +3,11 @@
 Building an architecture by name and quality, which buffers ``update()``
 rebuilds (and so are never stored), the rate-distortion lambdas of the zoo,
 and turning a plain state_dict into a model ready for ``compress()``.
+
+Channel pruning (``deepcomp.channel_pruning``) needs three more things from
+here: the channel groups of an architecture (:func:`channel_groups`), a
+thinner model rebuilt from recorded per-group widths (``build(...,
+widths=...)``), and the MACs per pixel of each weight (:func:`mac_weights`).
 """
 
 from __future__ import annotations
@@ -53,12 +58,23 @@ def _no_conv_init() -> Iterator[None]:
         conv.reset_parameters = saved
 
 
-def build(arch: str, quality: int, init_weights: bool = True) -> nn.Module:
+def build(arch: str, quality: int, init_weights: bool = True, widths: Mapping[str, int] | None = None) -> nn.Module:
     """A freshly initialised CompressAI model (never downloads weights).
 
     ``init_weights=False`` leaves conv weights uninitialised: for callers that
-    overwrite every weight at once (``model_from_state_dict``).
+    overwrite every weight at once (``model_from_state_dict``).  ``widths``
+    (channel group -> number of channels, see :func:`channel_groups`) makes a
+    channel-pruned, thinner model: each group's convs, GDNs and entropy
+    bottleneck are cut to that many channels (the first ones of the
+    initialisation); the architecture is otherwise unchanged.
     """
+    model = _build(arch, quality, init_weights)
+    if widths:
+        thin(model, widths)
+    return model
+
+
+def _build(arch: str, quality: int, init_weights: bool) -> nn.Module:
     models = _image_models()
     if arch not in models:
         raise DeepCompError(f"unknown architecture {arch!r}; choose one of: {', '.join(sorted(models))}")
@@ -118,6 +134,9 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
         if wrong:
             k = wrong[0]
             parts.append(f"{len(wrong)} of wrong shape (e.g. {k}: {tuple(given[k].shape)} vs {tuple(own[k].shape)})")
+            thinner = all(len(given[k].shape) == len(own[k].shape) and all(a <= b for a, b in zip(given[k].shape, own[k].shape)) for k in wrong)
+            if thinner and not missing and not unexpected:
+                parts.append("if it is channel-pruned, its channel widths must be recorded (config \"widths\")")
         raise DeepCompError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
     full = OrderedDict()
     for k, v in own.items():
@@ -133,9 +152,10 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     return model.eval()
 
 
-def model_from_state_dict(arch: str, quality: int, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:
-    """Build ``arch`` at ``quality``, load the weights, update the entropy coders."""
-    return load_weights(build(arch, quality, init_weights=False), state_dict, source)
+def model_from_state_dict(arch: str, quality: int, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict",
+                          widths: Mapping[str, int] | None = None) -> nn.Module:
+    """Build ``arch`` at ``quality`` (thinner with ``widths``), load the weights, update the entropy coders."""
+    return load_weights(build(arch, quality, init_weights=False, widths=widths), state_dict, source)
 
 
 def mse_lambda(quality: int) -> float:
@@ -153,3 +173,192 @@ def output_channel_axes(model: nn.Module) -> dict[str, int]:
         elif isinstance(module, nn.modules.conv._ConvNd):
             axes[f"{name}.weight"] = 0
     return axes
+
+
+# ---------------------------------------------------------------- channel pruning
+#: Architectures whose channel groups :func:`channel_groups` knows.
+CHANNEL_PRUNABLE = ("bmshj2018-factorized", "bmshj2018-factorized-relu", "bmshj2018-hyperprior", "mbt2018-mean")
+
+
+def _conv_axes(m: nn.Module) -> tuple[int, int]:
+    """(output axis, input axis) of a conv weight."""
+    return (1, 0) if isinstance(m, nn.modules.conv._ConvTransposeNd) else (0, 1)
+
+
+def _is_conv(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd)
+
+
+def _producer_slots(name: str, m: nn.Module) -> list:
+    from .channel_pruning import Slot
+
+    if m.groups != 1:
+        raise DeepCompError(f"channel pruning does not support grouped convolutions ({name})")
+    slots = [Slot(f"{name}.weight", _conv_axes(m)[0], "producer")]
+    if m.bias is not None:
+        slots.append(Slot(f"{name}.bias", 0, "producer"))
+    return slots
+
+
+def _sequence_groups(model: nn.Module, seq: str) -> tuple[list, str, str]:
+    """The groups inside one ``nn.Sequential`` (conv -> GDN/activation -> conv), and its first and last conv."""
+    from compressai.layers import GDN
+
+    from .channel_pruning import ChannelGroup, Slot
+
+    mods = [(f"{seq}.{n}", m) for n, m in getattr(model, seq).named_children()]
+    convs = [i for i, (_, m) in enumerate(mods) if _is_conv(m)]
+    groups = []
+    for a, b in zip(convs, convs[1:]):
+        name, prod = mods[a]
+        slots = _producer_slots(name, prod)
+        point = name
+        for n, m in mods[a + 1 : b]:
+            if isinstance(m, GDN):
+                slots += [Slot(f"{n}.beta", 0), Slot(f"{n}.gamma", 0), Slot(f"{n}.gamma", 1)]
+            elif any(True for _ in m.parameters()):
+                raise DeepCompError(f"channel pruning does not know the layer {n} ({type(m).__name__})")
+            point = n
+        cname, cons = mods[b]
+        slots.append(Slot(f"{cname}.weight", _conv_axes(cons)[1], "consumer"))
+        groups.append(ChannelGroup(name, tuple(slots), point))
+    return groups, mods[convs[0]][0], mods[convs[-1]][0]
+
+
+def channel_groups(model: nn.Module) -> list:
+    """The prunable channel groups of a CompressAI model (:class:`deepcomp.channel_pruning.ChannelGroup`).
+
+    Inside ``g_a``, ``g_s``, ``h_a``, ``h_s``: each conv's output channels,
+    with the GDN that follows (``beta``, both axes of ``gamma``) and the next
+    conv's input channels; named after the producing conv (``g_a.0``).  The
+    latents, where the sequences meet: ``y`` (``g_a``'s last conv, ``g_s``'s
+    first deconv, and the factorized model's entropy bottleneck or, with a
+    hyperprior, ``h_a``'s first conv and the rows of ``h_s``'s last conv that
+    predict the scales (and means) of each channel) and ``z`` (``h_a``'s last
+    conv, the entropy bottleneck, ``h_s``'s first deconv).  The image
+    channels (``g_a``'s input, ``g_s``'s output) are never pruned.
+    """
+    from compressai.models.google import FactorizedPrior, FactorizedPriorReLU, MeanScaleHyperprior, ScaleHyperprior
+
+    from .channel_pruning import ChannelGroup, Slot
+
+    if type(model) not in (FactorizedPrior, FactorizedPriorReLU, ScaleHyperprior, MeanScaleHyperprior):
+        raise DeepCompError(f"channel pruning supports {', '.join(CHANNEL_PRUNABLE)}, not {type(model).__name__}")
+    ga, ga_first, ga_last = _sequence_groups(model, "g_a")
+    gs, gs_first, _ = _sequence_groups(model, "g_s")
+    mods = dict(model.named_modules())
+    eb = [Slot(f"entropy_bottleneck.{n}", 0) for n, _ in model.entropy_bottleneck.named_parameters()]
+    y = _producer_slots(ga_last, mods[ga_last]) + [Slot(f"{gs_first}.weight", _conv_axes(mods[gs_first])[1], "consumer")]
+    if not hasattr(model, "h_a"):
+        return ga + [ChannelGroup("y", tuple(y + eb), ga_last)] + gs
+    ha, ha_first, ha_last = _sequence_groups(model, "h_a")
+    hs, hs_first, hs_last = _sequence_groups(model, "h_s")
+    y.append(Slot(f"{ha_first}.weight", _conv_axes(mods[ha_first])[1], "consumer"))
+    m_y = model.state_dict()[f"{ga_last}.weight"].shape[_conv_axes(mods[ga_last])[0]]
+    out = mods[hs_last]
+    blocks = out.out_channels // m_y
+    if blocks * m_y != out.out_channels:
+        raise DeepCompError(f"{hs_last} predicts {out.out_channels} parameters for {m_y} latent channels")
+    y += [Slot(s.key, s.axis, "param", blocks) for s in _producer_slots(hs_last, out)]
+    z = _producer_slots(ha_last, mods[ha_last]) + eb + [Slot(f"{hs_first}.weight", _conv_axes(mods[hs_first])[1], "consumer")]
+    return ga + [ChannelGroup("y", tuple(y), ga_last)] + gs + ha + [ChannelGroup("z", tuple(z), ha_last)] + hs
+
+
+def _check_widths(widths) -> dict[str, int]:
+    if not isinstance(widths, Mapping) or not all(isinstance(k, str) for k in widths):
+        raise DeepCompError("channel widths must map group names to channel counts")
+    out = {}
+    for k, v in widths.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+            raise DeepCompError(f"channel width of {k} must be an integer, got {v!r}")
+        out[k] = int(v)
+    return out
+
+
+def thin(model: nn.Module, widths: Mapping[str, int]) -> nn.Module:
+    """Cut ``model`` in place to ``widths`` channels per group (each at most the current width).
+
+    Each affected parameter is replaced by its leading slice; conv
+    ``in_channels``/``out_channels`` and the entropy bottleneck's
+    ``channels`` follow.  Strides, kernels, paddings and GDN's ``inverse``
+    stay.  The derived buffers must be rebuilt (``update(force=True)``).
+    """
+    from compressai.entropy_models import EntropyBottleneck
+
+    from .channel_pruning import pruned_shapes, shapes_of
+
+    widths = _check_widths(widths)
+    groups = channel_groups(model)
+    old = shapes_of(model.state_dict())
+    new = pruned_shapes(old, groups, widths)
+    for key, shape in new.items():
+        if shape == old[key]:
+            continue
+        mod_name, attr = key.rsplit(".", 1)
+        owner = model.get_submodule(mod_name)
+        p = owner._parameters.get(attr)
+        if p is None:
+            raise DeepCompError(f"cannot thin {key}: not a parameter")
+        with torch.no_grad():
+            cut = p[tuple(slice(0, n) for n in shape)].clone()
+        owner._parameters[attr] = nn.Parameter(cut, requires_grad=p.requires_grad)
+    for m in model.modules():
+        if _is_conv(m):
+            out_axis, in_axis = _conv_axes(m)
+            m.out_channels = int(m.weight.shape[out_axis]) * (m.groups if out_axis == 1 else 1)
+            m.in_channels = int(m.weight.shape[in_axis]) * (m.groups if in_axis == 1 else 1)
+        elif isinstance(m, EntropyBottleneck):
+            m.channels = int(m.quantiles.shape[0])
+    return model
+
+
+def channel_widths(model: nn.Module) -> dict[str, int]:
+    """Group name -> number of channels of ``model`` (checked for consistency)."""
+    from .channel_pruning import shapes_of, widths
+
+    return dict(widths(shapes_of(model.state_dict()), channel_groups(model)))
+
+
+def mac_weights(arch: str, quality: int, size: int = 64) -> dict[str, dict[str, float]]:
+    """Multiply-accumulates per image pixel of each weight element, measured on ``compress()``/``decompress()``.
+
+    ``{"encode": {key: w}, "decode": {key: w}}``: a conv weight's elements
+    times ``w`` is its MACs per pixel of the input image (``w`` = the conv's
+    output positions per pixel; a transposed conv's input positions); a
+    GDN's ``gamma`` counts once per position.  The weights do not depend on
+    the channel widths, so ``channel_pruning.cost(shapes, w)`` gives the
+    MACs of any thinner model.  Biases, nonlinearities and the entropy
+    coder are not counted.
+    """
+    from compressai.layers import GDN
+
+    model = build(arch, quality)
+    model.update(force=True)
+    model.eval()
+    acc: dict[str, dict[str, float]] = {"encode": {}, "decode": {}}
+    side = ["encode"]
+    pixels = float(size * size)
+
+    def hook(name: str, m: nn.Module):
+        def f(_mod, inp, out):
+            x = inp[0]
+            if isinstance(m, GDN):
+                key, pos = f"{name}.gamma", x.shape[0] * x.shape[-2] * x.shape[-1]
+            elif isinstance(m, nn.modules.conv._ConvTransposeNd):
+                key, pos = f"{name}.weight", x.shape[0] * x.shape[-2] * x.shape[-1]
+            else:
+                key, pos = f"{name}.weight", out.shape[0] * out.shape[-2] * out.shape[-1]
+            d = acc[side[0]]
+            d[key] = d.get(key, 0.0) + pos / pixels
+        return f
+
+    handles = [m.register_forward_hook(hook(n, m)) for n, m in model.named_modules() if _is_conv(m) or isinstance(m, GDN)]
+    try:
+        with torch.no_grad():
+            enc = model.compress(torch.rand(1, 3, size, size))
+            side[0] = "decode"
+            model.decompress(enc["strings"], enc["shape"])
+    finally:
+        for h in handles:
+            h.remove()
+    return acc

@@ -62,6 +62,14 @@ def test_train_resume_export(photos, tmp_path):
     training.train(cfg(6), photos, cont, resume=base, progress=False, log=logs.append)
     assert torch.load(cont, weights_only=True)["train_state"]["step"] == 6
 
+    # another lambda seeded with --init counts its own steps and records where it started
+    other = tmp_path / "q1.pth.tar"
+    c1 = training.TrainConfig(quality=1, steps=2, batch_size=2, patch_size=64, val_every=2, val_fraction=0.25, threads=1)
+    training.train(c1, photos, other, init=base, progress=False, log=logs.append)
+    st = torch.load(other, weights_only=True)["train_state"]
+    assert st["step"] == 2
+    assert st["init"]["path"] == str(base) and st["init"]["step"] == 4 and st["init"]["quality"] == 3
+
 
 def test_masks_hold_pruned_weights_at_zero(photos):
     from deepcomp import zoo

@@ -65,6 +65,7 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "final_learning_rate": history[-1]["lr"] if history else None,
         "device": ckpt.get("device"),
         "training_seconds": state.get("seconds"),
+        "init": state.get("init"),
         "last_validation": {k: history[-1][k] for k in ("step", "val_loss", "val_bpp", "val_psnr")} if history else None,
         "kodak": {"images": mean["images"], "bpp": mean["bpp"], "psnr": mean["psnr"], "ssim": mean["ssim"], "ms_ssim": mean["ms_ssim"],
                   "encode_s": mean["encode_s"], "decode_s": mean["decode_s"]},
@@ -87,6 +88,15 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
         "| | |",
         "|---|---|",
         f"| steps | {f['steps']} (batch {f['batch_size']}, {f['patch_size']}x{f['patch_size']} crops) |",
+    ]
+    init = f.get("init")
+    if init:
+        src = Path(init["path"]).name
+        if init.get("step") is not None:
+            src += f" (quality {init.get('quality')}, λ = {init.get('lmbda')}, step {init['step']}"
+            src += f", {init['seconds'] / 3600:.2f} h)" if init.get("seconds") else ")"
+        lines.append(f"| initialised from | {src}; the steps above are this run's own |")
+    lines += [
         f"| learning rate | {f['learning_rate']} → {f['final_learning_rate']} (halved on validation plateaus) |",
         f"| device, wall time | {f['device']}, {hours:.2f} h |" if hours is not None else f"| device | {f['device']} |",
     ]

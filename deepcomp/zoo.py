@@ -8,6 +8,8 @@ Channel pruning (``deepcomp.channel_pruning``) needs three more things from
 here: the channel groups of an architecture (:func:`channel_groups`), a
 thinner model rebuilt from recorded per-group widths (``build(...,
 widths=...)``), and the MACs per pixel of each weight (:func:`mac_weights`).
+Per-part pruning (``deepcomp.part_pruning``) needs the part of the model each
+tensor belongs to (:data:`MODEL_PARTS`, :func:`part_of`, :func:`is_part_weight`).
 """
 
 from __future__ import annotations
@@ -173,6 +175,45 @@ def output_channel_axes(model: nn.Module) -> dict[str, int]:
         elif isinstance(module, nn.modules.conv._ConvNd):
             axes[f"{name}.weight"] = 0
     return axes
+
+
+# ---------------------------------------------------------------- the parts of a model
+#: The parts of a CompressAI image model, by the top-level module a tensor
+#: belongs to: the analysis transform, the synthesis transform, and the
+#: probability model (the entropy bottleneck; with a hyperprior also ``h_a``,
+#: ``h_s`` and the Gaussian conditional, which has no parameters; with a
+#: context model also ``context_prediction`` and ``entropy_parameters``).
+MODEL_PARTS = {
+    "encoder": ("g_a",),
+    "decoder": ("g_s",),
+    "probability": ("entropy_bottleneck", "h_a", "h_s", "gaussian_conditional", "context_prediction", "entropy_parameters"),
+}
+
+#: Parameters of the entropy bottleneck's density model that per-part pruning
+#: may zero (``matrices.i``/``factors.i``; ``_matrices.i`` in older
+#: CompressAI).  Never ``quantiles`` (the CDF tables' range) or ``biases``.
+DENSITY_WEIGHTS = ("matrices", "factors")
+
+
+def part_of(name: str) -> str:
+    """The part (a key of :data:`MODEL_PARTS`) that the state_dict key ``name`` belongs to."""
+    top = name.split(".", 1)[0]
+    for part, modules in MODEL_PARTS.items():
+        if top in modules:
+            return part
+    raise DeepCompError(f"{name}: no part of the model is known for the module {top!r} (known: "
+                        + ", ".join(f"{p}: {'/'.join(m)}" for p, m in MODEL_PARTS.items()) + ")")
+
+
+def is_part_weight(name: str, shape) -> bool:
+    """True for the tensors per-part pruning zeroes: conv and linear weights
+    (``*.weight`` with two or more dimensions) and the entropy bottleneck's
+    density ``matrices``/``factors``.  Biases, GDN ``beta``/``gamma``,
+    ``quantiles`` and buffers are never pruned."""
+    parts = name.split(".")
+    if len(parts) == 3 and parts[0] == "entropy_bottleneck" and parts[1].lstrip("_") in DENSITY_WEIGHTS and parts[2].isdigit():
+        return True
+    return parts[-1] == "weight" and len(shape) >= 2
 
 
 # ---------------------------------------------------------------- channel pruning

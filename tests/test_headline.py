@@ -1,0 +1,118 @@
+"""tools/headline.py: the family table, the choice of the headline, one tiny end-to-end run."""
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("headline", ROOT / "tools" / "headline.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_parse_setting(tool):
+    assert tool.parse_setting("prune0.85-bits4") == (0.85, 4)
+    assert tool.parse_setting("prune0-bits8") == (0.0, 8)
+    from deepcomp.errors import DeepCompError
+
+    for bad in ("prune1.5-bits4", "prune0.5-bits0", "share5", "prune0.5"):
+        with pytest.raises(DeepCompError):
+            tool.parse_setting(bad)
+
+
+def _rows(setting, ratio, bd):
+    return [{"setting": setting, "stage": s, "min_ratio": ratio, "bd_rate_psnr": bd if s == "huffman" else 99.0}
+            for s in tool_stages()]
+
+
+def tool_stages():
+    return ("prune", "retrain", "share", "centroids", "huffman")
+
+
+def test_pick_headline(tool):
+    rows = _rows("a", 25.0, 1.5) + _rows("b", 35.0, 4.0) + _rows("c", 40.0, 9.0) + _rows("d", 18.0, 0.1) + _rows("e", 50.0, math.nan)
+    c = tool.pick(rows, 20.0, 2.0, 5.0)
+    assert c["headline"]["setting"] == "a"
+    assert c["largest_at_relaxed"]["setting"] == "b"
+    assert c["best_bd"]["setting"] == "d"
+    assert tool.pick(rows, 30.0, 2.0, 5.0)["headline"] is None
+
+
+def test_family_bd_rate_of_identical_curves_is_zero(tool):
+    def table(bpp, psnr, ratio):
+        rows = [{"stage": "baseline", "label": "baseline", "bytes": 100, "ratio": 1.0, "bpp": bpp, "psnr": psnr, "ms_ssim": 0.9}]
+        for s in tool_stages():
+            rows.append({"stage": s, "label": s, "bytes": 100 / ratio, "ratio": ratio, "bpp": bpp * (1.1 if s == "prune" else 1.0),
+                         "psnr": psnr, "ms_ssim": 0.9 + psnr / 1000})
+        rows[0]["ms_ssim"] = 0.9 + psnr / 1000
+        return {"rows": rows, "fp32_bytes": 100}
+
+    per_q = {1: table(0.2, 27.0, 20.0), 2: table(0.3, 28.5, 25.0), 3: table(0.45, 30.0, 30.0)}
+    rows = {r["stage"]: r for r in tool.family_rows("s", per_q, {1: 110, 2: 110, 3: 110})}
+    assert rows["huffman"]["bd_rate_psnr"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["prune"]["bd_rate_psnr"] == pytest.approx(10.0, rel=1e-6)  # 10 % more bits everywhere
+    assert rows["huffman"]["min_ratio"] == 20.0
+    assert rows["huffman"]["family_ratio"] == pytest.approx(300 / (5 + 4 + 100 / 30))
+    assert rows["huffman"]["min_ratio_vs_checkpoint_file"] == pytest.approx(110 / 5)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        im = np.kron(rng.random((12, 12, 3)), np.ones((8, 8, 1))) * 255
+        Image.fromarray(im.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_end_to_end_tiny(tool, photos, kodak_two, tmp_path):
+    from deepcomp import zoo
+
+    ckpts = []
+    for q in (1, 3):
+        torch.manual_seed(q)
+        m = zoo.build("bmshj2018-factorized", q)
+        m.update(force=True)
+        p = tmp_path / f"q{q}.pth.tar"
+        torch.save({"state_dict": m.state_dict(), "config": {"arch": "bmshj2018-factorized", "quality": q}}, p)
+        ckpts.append(str(p))
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ckpts + ["--setting", "prune0.5-bits4", "-o", str(out), "--work", str(work), "--retrain-steps", "2", "--prune-rounds", "1",
+                    "--centroid-steps", "1", "--batch-size", "2", "--patch-size", "32", "--val-every", "2", "--val-fraction", "0.5",
+                    "--val-patch", "48", "--data", str(photos), "--eval-data", str(kodak_two), "--eval-limit", "1", "--quiet"]
+    assert tool.main(args) == 0
+    rows = list(csv.DictReader((out / "headline.csv").open()))
+    assert [r["stage"] for r in rows] == list(tool_stages())
+    finals = [json.loads((work / "prune0.5-bits4" / f"q{q}" / "stages.json").read_text()) for q in (1, 3)]
+    ratios = [next(r["ratio"] for r in t["rows"] if r["stage"] == "huffman") for t in finals]
+    assert float(rows[-1]["min_ratio"]) == pytest.approx(min(ratios))
+    assert (out / "rd_psnr.png").stat().st_size > 0 and (out / "stages" / "prune0.5-bits4-q3.md").is_file()
+    doc = json.loads((out / "headline.json").read_text())  # strict JSON: no NaN
+    assert doc["images"] == 1 and "tools/headline.py" in doc["command"]
+    # the baselines were evaluated once and their result reused by the pipelines
+    assert (work / "baselines" / "q1" / "baseline.json").is_file()
+    # a rerun finishes from what is there
+    mtime = (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns
+    assert tool.main(args) == 0
+    assert (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns == mtime
+
+
+def test_bad_setting_is_one_line(tool, tmp_path, capsys):
+    assert tool.main(["x.pth.tar", "--setting", "share5", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad setting" in err[0]

@@ -1,0 +1,292 @@
+"""The headline: Deep Compression with retraining over a family of baselines, as BD-rates.
+
+    .venv/bin/python tools/headline.py artifacts/bmshj2018-factorized-q{1,2,3,4,5}.pth.tar \\
+        --setting prune0.85-bits4 --setting prune0.9-bits4 -o artifacts/headline
+
+For every ``--setting`` (``prune<fraction>-bits<b>``: the conv/linear weight
+rule of the default policy) and every baseline checkpoint (one quality each)
+it runs ``deepcomp pipeline`` (prune -> masked retraining -> k-means sharing ->
+centroid fine-tuning -> Huffman; ``deepcomp.pipeline``) in ``--work``
+(resumable: a rerun skips what is finished), then puts the family together:
+per stage, the file-size ratio against the fp32 state_dict (smallest over the
+qualities, and all of them together) and the BD-rate (PSNR and MS-SSIM) of
+the family against the uncompressed baselines on the evaluation images (Kodak,
+real bitstreams).  The headline is the largest-ratio setting whose final
+files are all at least ``--target-ratio`` x smaller with a BD-rate (PSNR) of
+at most ``--max-bd`` %, and the largest ratio reached at ``--relaxed-bd`` % or
+less.  Training only ever sees ``--data`` (the training photos).
+
+Output folder: ``headline.md`` (summary, per-setting stage tables, per-quality
+rows), ``headline.csv`` / ``headline.json``, ``rd_psnr.png``, ``stages/``
+(each pipeline's own table) and ``models/`` (the final deepcomp files of the
+headline setting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from deepcomp import evaluation, report
+from deepcomp.checkpoints import atomic_write_bytes, checkpoint_config
+from deepcomp.errors import DeepCompError
+from deepcomp.report import csv_text, human_bytes
+
+STAGE_KEYS = ("prune", "retrain", "share", "centroids", "huffman")
+SETTING = re.compile(r"^prune(0?\.\d+|0)-bits(\d+)$")
+FIELDS = ("setting", "stage", "label", "qualities", "min_ratio", "family_ratio", "min_ratio_vs_checkpoint_file",
+          "bd_rate_psnr", "bd_rate_ms_ssim", "mean_delta_psnr")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def parse_setting(spec: str) -> tuple[float, int]:
+    m = SETTING.match(spec)
+    if not m:
+        raise DeepCompError(f"bad setting {spec!r}: expected prune<fraction>-bits<b>, e.g. prune0.85-bits4")
+    prune, bits = float(m.group(1)), int(m.group(2))
+    if not 0 <= prune < 1 or not 1 <= bits <= 16:
+        raise DeepCompError(f"bad setting {spec!r}: the fraction must be in [0, 1) and the bits in 1..16")
+    return prune, bits
+
+
+def quality_of(path: Path) -> int:
+    q = checkpoint_config(path).get("quality")
+    if not isinstance(q, int):
+        raise DeepCompError(f"{path} does not record its quality (config.quality); it must be a deepcomp baseline")
+    return q
+
+
+def _bd(anchor: list[dict], test: list[dict], metric: str) -> float:
+    """BD-rate of ``test`` against ``anchor`` (rows with bpp and the metric), NaN when undefined."""
+    if len(anchor) < 2 or len(test) < 2:
+        return math.nan
+    conv = report.ms_ssim_db if metric == "ms_ssim" else float
+    try:
+        return report.bd_rate([r["bpp"] for r in anchor], [conv(r[metric]) for r in anchor],
+                              [r["bpp"] for r in test], [conv(r[metric]) for r in test])
+    except Exception:  # non-monotonic or non-overlapping curves
+        return math.nan
+
+
+def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int]) -> list[dict]:
+    """One row per stage of one setting: ratios and BD-rates over the family."""
+    qs = sorted(per_quality)
+    base = [next(r for r in per_quality[q]["rows"] if r["stage"] == "baseline") for q in qs]
+    rows = []
+    for key in STAGE_KEYS:
+        stage = [next(r for r in per_quality[q]["rows"] if r["stage"] == key) for q in qs]
+        fp32 = sum(per_quality[q]["fp32_bytes"] for q in qs)
+        rows.append({
+            "setting": setting, "stage": key, "label": stage[0]["label"], "qualities": " ".join(map(str, qs)),
+            "min_ratio": min(r["ratio"] for r in stage),
+            "family_ratio": fp32 / sum(r["bytes"] for r in stage),
+            "min_ratio_vs_checkpoint_file": min(ckpt_bytes[q] / r["bytes"] for q, r in zip(qs, stage)),
+            "bd_rate_psnr": _bd(base, stage, "psnr"),
+            "bd_rate_ms_ssim": _bd(base, stage, "ms_ssim"),
+            "mean_delta_psnr": sum(s["psnr"] - b["psnr"] for s, b in zip(stage, base)) / len(qs),
+        })
+    return rows
+
+
+def _clean(v):
+    """JSON-safe: NaN and infinities become null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _f(v, fmt: str) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def pick(rows: list[dict], target_ratio: float, max_bd: float, relaxed_bd: float) -> dict:
+    final = [r for r in rows if r["stage"] == "huffman" and math.isfinite(r["bd_rate_psnr"])]
+    ok = [r for r in final if r["min_ratio"] >= target_ratio and r["bd_rate_psnr"] <= max_bd]
+    relaxed = [r for r in final if r["bd_rate_psnr"] <= relaxed_bd]
+    return {
+        "headline": max(ok, key=lambda r: r["min_ratio"]) if ok else None,
+        "largest_at_relaxed": max(relaxed, key=lambda r: r["min_ratio"]) if relaxed else None,
+        "best_bd": min(final, key=lambda r: r["bd_rate_psnr"]) if final else None,
+    }
+
+
+def markdown(rows, per_setting, choice, args, command) -> str:
+    h, rel = choice["headline"], choice["largest_at_relaxed"]
+    lines = ["# Deep Compression with retraining on the bmshj2018-factorized family", ""]
+    if h:
+        lines.append(f"**Headline: `{h['setting']}`: every model file is at least {h['min_ratio']:.1f}x smaller than its fp32 "
+                     f"state_dict ({h['family_ratio']:.1f}x for the family together) at a BD-rate (PSNR) of {h['bd_rate_psnr']:+.2f} % "
+                     f"(MS-SSIM {_f(h['bd_rate_ms_ssim'], '+.2f')} %) against the uncompressed baselines.**")
+    else:
+        lines.append(f"**No setting reached {args.target_ratio:g}x at a BD-rate (PSNR) of at most {args.max_bd:g} %.**")
+        if choice["best_bd"]:
+            b = choice["best_bd"]
+            lines.append(f"The smallest BD-rate was {b['bd_rate_psnr']:+.2f} % (`{b['setting']}`, {b['min_ratio']:.1f}x).")
+    lines.append("")
+    if rel:
+        lines.append(f"Largest ratio at a BD-rate (PSNR) of at most {args.relaxed_bd:g} %: **{rel['min_ratio']:.1f}x** (`{rel['setting']}`, "
+                     f"{rel['bd_rate_psnr']:+.2f} %).")
+    else:
+        lines.append(f"No setting stayed within {args.relaxed_bd:g} % BD-rate (PSNR).")
+    lines += ["", f"Evaluation: `{args.eval_data}`, real bitstreams; training photos `{args.data}` only for retraining. "
+              "Ratio: fp32 state_dict bytes / size (the smallest over the qualities; *family*: all files together; "
+              "*vs file*: the baseline's `.pth.tar` / size). BD-rate against the uncompressed baselines (pchip; negative is better). "
+              "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`.", ""]
+    head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "mean ΔPSNR"]
+    lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            f"`{r['setting']}`", r["label"], _f(r["min_ratio"], ".1f") + "x", _f(r["family_ratio"], ".1f") + "x",
+            _f(r["min_ratio_vs_checkpoint_file"], ".1f") + "x", _f(r["bd_rate_psnr"], "+.2f") + " %",
+            _f(r["bd_rate_ms_ssim"], "+.2f") + " %", _f(r["mean_delta_psnr"], "+.2f") + " dB"]) + " |")
+    lines += ["", "## Per quality (final files)", "",
+              "| Setting | Quality | Baseline bpp / PSNR | Final size | Ratio | bpp | PSNR | MS-SSIM |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for setting, per_q in per_setting.items():
+        for q in sorted(per_q):
+            b = next(r for r in per_q[q]["rows"] if r["stage"] == "baseline")
+            f = next(r for r in per_q[q]["rows"] if r["stage"] == "huffman")
+            lines.append(f"| `{setting}` | {q} | {b['bpp']:.4f} / {b['psnr']:.2f} dB | {human_bytes(f['bytes'])} | {f['ratio']:.1f}x | "
+                         f"{f['bpp']:.4f} | {f['psnr']:.2f} dB | {f['ms_ssim']:.4f} |")
+    lines += ["", "Per-stage tables of each run: `stages/`.", "", "Reproduce:", "", f"```sh\n{command}\n```", ""]
+    return "\n".join(lines)
+
+
+def plot(per_setting, path: Path) -> None:
+    plt = report._pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    first = next(iter(per_setting.values()))
+    qs = sorted(first)
+    base = [next(r for r in first[q]["rows"] if r["stage"] == "baseline") for q in qs]
+    ax.plot([r["bpp"] for r in base], [r["psnr"] for r in base], "k-o", label="baseline (fp32)")
+    for setting, per_q in per_setting.items():
+        qs = sorted(per_q)
+        fin = [next(r for r in per_q[q]["rows"] if r["stage"] == "huffman") for q in qs]
+        ratio = min(r["ratio"] for r in fin)
+        ax.plot([r["bpp"] for r in fin], [r["psnr"] for r in fin], "-s", label=f"{setting} (≥{ratio:.1f}x)")
+    ax.set_xlabel("bpp (Kodak, real bitstreams)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("bmshj2018-factorized: baselines vs Deep Compression with retraining")
+    report._save(fig, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT", help="baselines, one quality each")
+    p.add_argument("--setting", action="append", default=[], help="prune<fraction>-bits<b> (repeatable; default prune0.85-bits4)")
+    p.add_argument("-o", "--out", type=Path, default=Path("artifacts/headline"))
+    p.add_argument("--work", type=Path, default=Path("runs/headline"), help="pipeline folders (resumable)")
+    p.add_argument("--retrain-steps", type=int, default=600)
+    p.add_argument("--prune-rounds", type=int, default=3)
+    p.add_argument("--centroid-steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--centroid-lr", type=float, default=1e-5)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=128)
+    p.add_argument("--val-every", type=int, default=200)
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of the training photos held out for validation")
+    p.add_argument("--val-patch", type=int, default=256, help="size of the validation crops")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/train"))
+    p.add_argument("--eval-data", type=Path, default=Path("../shared/data/kodak"))
+    p.add_argument("--eval-limit", type=int, default=None, help="only the first N evaluation images (quick checks)")
+    p.add_argument("--target-ratio", type=float, default=20.0)
+    p.add_argument("--max-bd", type=float, default=2.0)
+    p.add_argument("--relaxed-bd", type=float, default=5.0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def run(args, argv) -> dict:
+    import torch
+
+    from deepcomp.pipeline import PipelineConfig, run_pipeline
+    from deepcomp.policy import Policy
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = args.setting or ["prune0.85-bits4"]
+    parsed = {s: parse_setting(s) for s in settings}
+    qualities = {}
+    for c in args.checkpoints:
+        q = quality_of(c)
+        if q in qualities:
+            raise DeepCompError(f"two checkpoints of quality {q}: {qualities[q]} and {c}")
+        qualities[q] = c
+    images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
+    # the baselines are evaluated once and shared by every setting's pipeline
+    base_dir = args.work / "baselines"
+    for q, c in sorted(qualities.items()):
+        jpath = base_dir / f"q{q}" / "baseline.json"
+        ok = False
+        if jpath.exists():
+            doc = evaluation.read_results(jpath)
+            ok = doc.get("data") == str(args.eval_data) and doc["mean"].get("images") == len(images) and doc["model"].get("path") == str(c)
+        if not ok:
+            log(f"[baseline] q{q}: {c} on {len(images)} images")
+            evaluation.run_one(str(c), "baseline", images, str(args.eval_data), str(jpath.parent), None, None, "pipeline", True, not args.quiet)
+    per_setting: dict[str, dict[int, dict]] = {}
+    for setting, (prune, bits) in parsed.items():
+        per_setting[setting] = {}
+        for q, c in sorted(qualities.items()):
+            out = args.work / setting / f"q{q}"
+            (out / "results").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base_dir / f"q{q}" / "baseline.json", out / "results" / "baseline.json")
+            cfg = PipelineConfig(policy=Policy().with_weight_rule(prune=prune, bits=bits).to_json(), retrain_steps=args.retrain_steps,
+                                 prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
+                                 batch_size=args.batch_size, patch_size=args.patch_size, val_every=args.val_every,
+                                 val_fraction=args.val_fraction, val_patch=args.val_patch)
+            log(f"[{setting}] quality {q}: pipeline in {out}")
+            run_pipeline(c, out, cfg, args.data, args.eval_data, eval_limit=args.eval_limit, progress=not args.quiet, log=log)
+            per_setting[setting][q] = json.loads((out / "stages.json").read_text())
+    ckpt_bytes = {q: c.stat().st_size for q, c in qualities.items()}
+    rows = [r for s, per_q in per_setting.items() for r in family_rows(s, per_q, ckpt_bytes)]
+    choice = pick(rows, args.target_ratio, args.max_bd, args.relaxed_bd)
+    command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
+    out = args.out
+    (out / "stages").mkdir(parents=True, exist_ok=True)
+    for s, per_q in per_setting.items():
+        for q in per_q:
+            shutil.copyfile(args.work / s / f"q{q}" / "stages.md", out / "stages" / f"{s}-q{q}.md")
+    if choice["headline"] is not None:
+        s = choice["headline"]["setting"]
+        (out / "models").mkdir(exist_ok=True)
+        for q in per_setting[s]:
+            shutil.copyfile(args.work / s / f"q{q}" / "final.dcmp", out / "models" / f"bmshj2018-factorized-q{q}-{s}.dcmp")
+    atomic_write_bytes(out / "headline.csv", csv_text(rows, FIELDS).encode())
+    doc = {"rows": rows, "choice": choice, "command": command, "images": len(images), "eval_data": str(args.eval_data),
+           "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}
+    atomic_write_bytes(out / "headline.json", (json.dumps(_clean(doc), indent=1) + "\n").encode())
+    atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command).encode())
+    plot(per_setting, out / "rd_psnr.png")
+    log(f"wrote {out / 'headline.md'}")
+    return doc
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, argv)
+    except DeepCompError as exc:
+        print(f"headline: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

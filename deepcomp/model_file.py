@@ -76,10 +76,15 @@ def compress_checkpoint(
 ) -> int:
     """Compress a checkpoint file into a deepcomp file; returns its size in bytes.
 
-    A channel-pruned checkpoint's widths (its ``config["widths"]``) go with it.
+    A checkpoint that records its architecture and quality (``config``, as
+    deepcomp's baselines do) needs neither argument; a channel-pruned
+    checkpoint's widths (its ``config["widths"]``) go with it.
     """
     state_dict = read_state_dict(checkpoint)
-    widths = checkpoint_config(checkpoint).get("widths") if arch is not None else None
+    cfg = checkpoint_config(checkpoint)
+    if arch is None and quality is None and isinstance(cfg.get("arch"), str) and isinstance(cfg.get("quality"), int):
+        arch, quality = cfg["arch"], cfg["quality"]
+    widths = cfg.get("widths") if arch is not None else None
     c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=Path(checkpoint).stat().st_size, progress=progress,
                             widths=widths)
     return container.write(out, c)

@@ -96,3 +96,16 @@ def test_int8_per_channel_on_transposed_convs(random_checkpoint, tmp_path):
     model = model_file.load_model(tmp_path / "i8.dcmp")
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64))["x_hat"].shape == (1, 3, 64, 64)
+
+
+def test_a_checkpoint_that_records_its_model_needs_no_arch(random_checkpoint, tmp_path):
+    ck = torch.load(random_checkpoint, weights_only=True)
+    ck["config"] = {"arch": "bmshj2018-factorized", "quality": 3}
+    path = tmp_path / "with-config.pth.tar"
+    torch.save(ck, path)
+    out = tmp_path / "auto.dcmp"
+    model_file.compress_checkpoint(path, out, Policy().with_weight_rule(bits=6))
+    info = model_file.file_info(out)
+    assert (info["arch"], info["quality"]) == ("bmshj2018-factorized", 3)
+    assert not any(zoo.is_derived(k) for k in model_file.load(out))  # checked against the architecture
+    model_file.load_model(out)  # no --arch/--quality needed

@@ -117,7 +117,10 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
             f"n/a (PSNR outside the published range {g['published_psnr_range'][0]}–{g['published_psnr_range'][1]} dB)"
         lines.append(f"| gap to the published curve | PSNR at the same bpp: {same_bpp}; bpp at the same PSNR: {same_psnr} |")
         lines.append(f"| family BD-rate (PSNR) vs published | {family_bd:+.1f} % |" if family_bd is not None else
-                     "| family BD-rate (PSNR) vs published | n/a (needs four or more qualities with overlapping ranges) |")
+                     "| family BD-rate (PSNR) vs published | n/a (needs four or more qualities whose PSNR range overlaps the published one) |")
+        bdp = f.get("family_bd_psnr_vs_published")
+        lines.append(f"| family BD-PSNR vs published (same bpp) | {bdp:+.2f} dB |" if bdp is not None else
+                     "| family BD-PSNR vs published (same bpp) | n/a (needs four or more qualities whose bpp range overlaps the published one) |")
     lines += ["", "Reproduce the numbers:", "", f"```sh\n{command}\n```", ""]
     return "\n".join(lines)
 
@@ -129,15 +132,18 @@ def main() -> int:
     args = ap.parse_args()
     facts = [card(p, args.data, p.parent) for p in args.checkpoints]
     fam = [f for f in facts if f["arch"] == "bmshj2018-factorized" and f["quality"] in zoo.PUBLISHED_FACTORIZED_KODAK]
-    family_bd = None
+    family_bd = family_bd_psnr = None
     if len({f["quality"] for f in fam}) >= 4:
         pub = [zoo.PUBLISHED_FACTORIZED_KODAK[q] for q in sorted(zoo.PUBLISHED_FACTORIZED_KODAK)]
         ours = sorted((f["kodak"]["bpp"], f["kodak"]["psnr"]) for f in fam)
         bd = report.bd_rate([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
         family_bd = None if math.isnan(bd) else bd
+        bdp = report.bd_psnr([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
+        family_bd_psnr = None if math.isnan(bdp) else bdp
     command = COMMAND.format(paths=" ".join(str(p) for p in args.checkpoints), data=args.data)
     for p, f in zip(args.checkpoints, facts):
         f["family_bd_rate_vs_published"] = family_bd if f in fam else None
+        f["family_bd_psnr_vs_published"] = family_bd_psnr if f in fam else None
         f["command"] = command
         stem = p.name.split(".")[0]
         atomic_write_bytes(p.parent / f"{stem}.json", (json.dumps(f, indent=1) + "\n").encode())

@@ -45,9 +45,13 @@ def run_demo(model: Path, data: Path, out: Path, arch: str = "bmshj2018-factoriz
         size = compress_checkpoint(model, path, Policy().with_weight_rule(prune=prune, bits=bits), arch, quality)
         log(f"compressed {model.name} -> {path.name}: {size:,} bytes ({Path(model).stat().st_size / size:.1f}x smaller)")
         files.append((label, path))
-    done = evaluation.evaluate_paths([model], data, out / "results", arch=arch, quality=quality, family="baseline", progress=progress)
+    # one thread count for every model, chosen before any of them runs: the load
+    # average after the first evaluation counts this process itself as busy
+    threads = evaluation.default_threads()
+    done = evaluation.evaluate_paths([model], data, out / "results", arch=arch, quality=quality, family="baseline", threads=threads,
+                                     progress=progress)
     for label, path in files:
-        done += evaluation.evaluate_paths([path], data, out / "results", family=label, progress=progress)
+        done += evaluation.evaluate_paths([path], data, out / "results", family=label, threads=threads, progress=progress)
     rep = report.write_report(report.collect_results([d["json"] for d in done]), out / "report", plots=True)
     log("")
     log(report.markdown_table(rep["rows"]))

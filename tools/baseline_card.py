@@ -93,7 +93,8 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
     if init:
         src = Path(init["path"]).name
         if init.get("step") is not None:
-            src += f" (quality {init.get('quality')}, λ = {init.get('lmbda')}, step {init['step']}"
+            lmbda = init.get("lmbda") or (zoo.mse_lambda(init["quality"]) if init.get("quality") in zoo.MSE_LAMBDAS else None)
+            src += f" (quality {init.get('quality')}, λ = {lmbda}, step {init['step']}"
             src += f", {init['seconds'] / 3600:.2f} h)" if init.get("seconds") else ")"
         lines.append(f"| initialised from | {src}; the steps above are this run's own |")
     lines += [

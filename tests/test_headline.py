@@ -64,6 +64,8 @@ def test_family_bd_rate_of_identical_curves_is_zero(tool):
     per_q = {1: table(0.2, 27.0, 20.0), 2: table(0.3, 28.5, 25.0), 3: table(0.45, 30.0, 30.0)}
     rows = {r["stage"]: r for r in tool.family_rows("s", per_q, {1: 110, 2: 110, 3: 110})}
     assert rows["huffman"]["bd_rate_psnr"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["huffman"]["bd_psnr_db"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["prune"]["bd_psnr_db"] < 0  # more bits for the same PSNR: less PSNR at the same bits
     assert rows["prune"]["bd_rate_psnr"] == pytest.approx(10.0, rel=1e-6)  # 10 % more bits everywhere
     assert rows["huffman"]["min_ratio"] == 20.0
     assert rows["huffman"]["family_ratio"] == pytest.approx(300 / (5 + 4 + 100 / 30))

@@ -41,7 +41,7 @@ from deepcomp.report import csv_text, human_bytes
 STAGE_KEYS = ("prune", "retrain", "share", "centroids", "huffman")
 SETTING = re.compile(r"^prune(0?\.\d+|0)-bits(\d+)$")
 FIELDS = ("setting", "stage", "label", "qualities", "min_ratio", "family_ratio", "min_ratio_vs_checkpoint_file",
-          "bd_rate_psnr", "bd_rate_ms_ssim", "mean_delta_psnr")
+          "bd_rate_psnr", "bd_rate_ms_ssim", "bd_psnr_db", "mean_delta_psnr")
 
 
 def log(msg: str) -> None:
@@ -77,6 +77,17 @@ def _bd(anchor: list[dict], test: list[dict], metric: str) -> float:
         return math.nan
 
 
+def _bd_psnr(anchor: list[dict], test: list[dict]) -> float:
+    """BD-PSNR (dB at the same bpp) of ``test`` against ``anchor``: defined where the bpp ranges
+    overlap, also when the PSNR ranges do not (then the BD-rate is not)."""
+    if len(anchor) < 2 or len(test) < 2:
+        return math.nan
+    try:
+        return report.bd_psnr([r["bpp"] for r in anchor], [r["psnr"] for r in anchor], [r["bpp"] for r in test], [r["psnr"] for r in test])
+    except Exception:
+        return math.nan
+
+
 def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int]) -> list[dict]:
     """One row per stage of one setting: ratios and BD-rates over the family."""
     qs = sorted(per_quality)
@@ -92,6 +103,7 @@ def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int
             "min_ratio_vs_checkpoint_file": min(ckpt_bytes[q] / r["bytes"] for q, r in zip(qs, stage)),
             "bd_rate_psnr": _bd(base, stage, "psnr"),
             "bd_rate_ms_ssim": _bd(base, stage, "ms_ssim"),
+            "bd_psnr_db": _bd_psnr(base, stage),
             "mean_delta_psnr": sum(s["psnr"] - b["psnr"] for s, b in zip(stage, base)) / len(qs),
         })
     return rows
@@ -110,6 +122,11 @@ def _clean(v):
 
 def _f(v, fmt: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+
+def _u(v, fmt: str, unit: str) -> str:
+    text = _f(v, fmt)
+    return text if text == "n/a" else text + unit
 
 
 def pick(rows: list[dict], target_ratio: float, max_bd: float, relaxed_bd: float) -> dict:
@@ -135,6 +152,11 @@ def markdown(rows, per_setting, choice, args, command) -> str:
         if choice["best_bd"]:
             b = choice["best_bd"]
             lines.append(f"The smallest BD-rate was {b['bd_rate_psnr']:+.2f} % (`{b['setting']}`, {b['min_ratio']:.1f}x).")
+        finals = [r for r in rows if r["stage"] == "huffman"]
+        if finals and not choice["best_bd"]:
+            lines.append("The BD-rate (PSNR) is undefined for every setting: the compressed family's PSNR range does not overlap "
+                         "the baselines'. At the same bpp (BD-PSNR): " + "; ".join(
+                             f"`{r['setting']}` {_u(r['bd_psnr_db'], '+.2f', ' dB')} at {r['min_ratio']:.1f}x" for r in finals) + ".")
     lines.append("")
     if rel:
         lines.append(f"Largest ratio at a BD-rate (PSNR) of at most {args.relaxed_bd:g} %: **{rel['min_ratio']:.1f}x** (`{rel['setting']}`, "
@@ -145,13 +167,14 @@ def markdown(rows, per_setting, choice, args, command) -> str:
               "Ratio: fp32 state_dict bytes / size (the smallest over the qualities; *family*: all files together; "
               "*vs file*: the baseline's `.pth.tar` / size). BD-rate against the uncompressed baselines (pchip; negative is better). "
               "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`.", ""]
-    head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "mean ΔPSNR"]
+    head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
+            "mean ΔPSNR"]
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for r in rows:
         lines.append("| " + " | ".join([
             f"`{r['setting']}`", r["label"], _f(r["min_ratio"], ".1f") + "x", _f(r["family_ratio"], ".1f") + "x",
-            _f(r["min_ratio_vs_checkpoint_file"], ".1f") + "x", _f(r["bd_rate_psnr"], "+.2f") + " %",
-            _f(r["bd_rate_ms_ssim"], "+.2f") + " %", _f(r["mean_delta_psnr"], "+.2f") + " dB"]) + " |")
+            _f(r["min_ratio_vs_checkpoint_file"], ".1f") + "x", _u(r["bd_rate_psnr"], "+.2f", " %"),
+            _u(r["bd_rate_ms_ssim"], "+.2f", " %"), _u(r["bd_psnr_db"], "+.2f", " dB"), _u(r["mean_delta_psnr"], "+.2f", " dB")]) + " |")
     lines += ["", "## Per quality (final files)", "",
               "| Setting | Quality | Baseline bpp / PSNR | Final size | Ratio | bpp | PSNR | MS-SSIM |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for setting, per_q in per_setting.items():

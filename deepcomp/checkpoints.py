@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections import OrderedDict
@@ -64,6 +65,15 @@ def checkpoint_config(path: str | os.PathLike) -> dict:
         return {}
     cfg = obj.get("config") if isinstance(obj, dict) else None
     return dict(cfg) if isinstance(cfg, dict) else {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def check_output_path(path: str | os.PathLike) -> Path:

@@ -101,17 +101,27 @@ class TrainData:
 
     @classmethod
     def from_folder(cls, folder: str | Path, patch_size: int, val_fraction: float = 0.1, val_patch: int = 256, seed: int = 0) -> "TrainData":
-        train_files, val_files = split_photos(folder, val_fraction)
-        if not val_files:
-            raise DeepCompError(f"no validation photos in {folder} with a validation fraction of {val_fraction}; {TRAIN_HINT}")
-        from PIL import Image
+        train_files, val_crops = _split_and_validation_crops(folder, val_fraction, val_patch)
+        return cls(CropSampler(train_files, patch_size, seed=seed), val_crops)
 
-        sides = []
-        for f in val_files:
-            with Image.open(f) as im:
-                sides.append(min(im.size))
-        smallest = min(sides)  # validation crops fit the smallest validation photo
-        return cls(CropSampler(train_files, patch_size, seed=seed), validation_crops(val_files, min(val_patch, smallest)))
+    @classmethod
+    def validation_only(cls, folder: str | Path, val_fraction: float = 0.1, val_patch: int = 256) -> "TrainData":
+        """The validation crops without a training sampler (for measuring, not training)."""
+        return cls(None, _split_and_validation_crops(folder, val_fraction, val_patch)[1])
+
+
+def _split_and_validation_crops(folder: str | Path, val_fraction: float, val_patch: int) -> tuple[list[Path], torch.Tensor]:
+    """The training photos and the validation crops, which fit the smallest validation photo."""
+    train_files, val_files = split_photos(folder, val_fraction)
+    if not val_files:
+        raise DeepCompError(f"no validation photos in {folder} with a validation fraction of {val_fraction}; {TRAIN_HINT}")
+    from PIL import Image
+
+    sides = []
+    for f in val_files:
+        with Image.open(f) as im:
+            sides.append(min(im.size))
+    return train_files, validation_crops(val_files, min(val_patch, min(sides)))
 
 
 def _as_data(data, cfg: TrainConfig, val_patch: int = 256) -> TrainData:

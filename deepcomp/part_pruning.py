@@ -25,7 +25,7 @@ them sparse.  A zero factor does remove its ``tanh`` term.
 
 Masks are per tensor: each pruned tensor loses exactly ``round(ratio *
 size)`` weights of smallest magnitude (``pruning.magnitude_mask``, ties
-broken by position).  Masked retraining (:func:`retrain`) is
+broken by position).  Masked retraining is
 ``finetune.masked_retrain``: the whole network is trained on the RD loss
 with the given lambda (the baseline's), the auxiliary loss fits the
 ``quantiles``, and the pruned weights are multiplied back to exactly zero
@@ -34,7 +34,7 @@ after every optimiser step.  It uses the training photos only.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -132,26 +132,3 @@ def density(tensors: Mapping[str, object], names: Iterable[str]) -> float:
         kept += int(torch.count_nonzero(t))
         total += t.numel()
     return kept / total if total else 1.0
-
-
-def retrain(
-    model: nn.Module,
-    masks: Mapping[str, torch.Tensor],
-    cfg,
-    data,
-    state: dict | None = None,
-    on_checkpoint: Callable[[dict], None] | None = None,
-    checkpoint_every: int = 0,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Masked retraining of the whole network for ``cfg.steps`` steps (``finetune.masked_retrain``).
-
-    ``cfg``: a ``training.TrainConfig`` (its ``lmbda`` the baseline's);
-    ``data``: a ``finetune.TrainData`` or the folder of training photos.
-    Resume with the ``train_state`` that ``on_checkpoint`` received as ``state``.
-    """
-    from .finetune import masked_retrain
-
-    return masked_retrain(model, masks, cfg, data, state=state, on_checkpoint=on_checkpoint, checkpoint_every=checkpoint_every,
-                          progress=progress, log=log)

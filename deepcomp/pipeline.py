@@ -36,7 +36,6 @@ throughout.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -47,7 +46,7 @@ import numpy as np
 import torch
 
 from . import codec, container, evaluation, sparse_positions, zoo
-from .checkpoints import atomic_write_bytes, read_state_dict, write_checkpoint
+from .checkpoints import atomic_write_bytes, checkpoint_config, read_state_dict, sha256_file, write_checkpoint
 from .errors import DeepCompError
 from .finetune import (
     SCHEDULES, TrainData, apply_pruning, gradual_prune_retrain, storage_policy, train_centroids, write_exact,
@@ -171,23 +170,6 @@ def _numpy(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in zoo.strip_derived(state).items()}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _checkpoint_config(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return {}
-    cfg = obj.get("config") if isinstance(obj, dict) else None
-    return dict(cfg) if isinstance(cfg, dict) else {}
-
-
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
@@ -215,7 +197,7 @@ class Pipeline:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._data: TrainData | None = None
         self.base_state = read_state_dict(self.checkpoint)
-        ck = _checkpoint_config(self.checkpoint)
+        ck = checkpoint_config(self.checkpoint)
         cfg.arch = cfg.arch or ck.get("arch")
         cfg.quality = cfg.quality or ck.get("quality")
         if cfg.arch is None or cfg.quality is None:
@@ -233,7 +215,7 @@ class Pipeline:
 
     # ------------------------------------------------------------ bookkeeping
     def _open_record(self) -> dict:
-        ck = {"path": str(self.checkpoint), "bytes": self.checkpoint.stat().st_size, "sha256": _sha256(self.checkpoint)}
+        ck = {"path": str(self.checkpoint), "bytes": self.checkpoint.stat().st_size, "sha256": sha256_file(self.checkpoint)}
         config = self.cfg.to_json()
         if self.state_path.exists():
             rec = _read_json(self.state_path)

@@ -481,19 +481,9 @@ def parse_ratios(text: str) -> dict[str, float]:
 
 def validation_data(folder: str | Path, val_fraction: float = 0.1, val_patch: int = 256):
     """The validation crops of :class:`deepcomp.finetune.TrainData` without its training sampler (no fine-tuning)."""
-    from PIL import Image
-
     from .finetune import TrainData
-    from .training import TRAIN_HINT, split_photos, validation_crops
 
-    _, val_files = split_photos(folder, val_fraction)
-    if not val_files:
-        raise DeepCompError(f"no validation photos in {folder} with a validation fraction of {val_fraction}; {TRAIN_HINT}")
-    sides = []
-    for f in val_files:
-        with Image.open(f) as im:
-            sides.append(min(im.size))
-    return TrainData(None, validation_crops(val_files, min(val_patch, min(sides))))
+    return TrainData.validation_only(folder, val_fraction, val_patch)
 
 
 def make_pruned(

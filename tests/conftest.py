@@ -1,8 +1,11 @@
+import importlib.util
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 KODAK = ROOT.parent / "shared" / "data" / "kodak"
@@ -40,3 +43,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def synthetic_photos(tmp_path_factory) -> Path:
+    """Four small synthetic training photos (blocky noise, 96x96): half of them the validation split at 0.5."""
+    folder = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        im = np.kron(rng.random((12, 12, 3)), np.ones((8, 8, 1))) * 255
+        Image.fromarray(im.astype(np.uint8)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def load_tool():
+    """Import a script of tools/ as a module: ``load_tool("headline")``."""
+
+    def load(stem: str, module_name: str | None = None):
+        spec = importlib.util.spec_from_file_location(module_name or stem, ROOT / "tools" / f"{stem}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -1,9 +1,7 @@
 """tools/compare_storage.py: the equal-quality logic, and one small end-to-end run."""
 
 import csv
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -11,15 +9,11 @@ from PIL import Image
 from deepcomp import weight_formats
 from deepcomp.errors import DeepCompError
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("compare_storage", ROOT / "tools" / "compare_storage.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(load_tool):
+    return load_tool("compare_storage")
 
 
 def test_parse_setting(tool):

@@ -1,27 +1,19 @@
 """tools/headline.py: the family table, the choice of the headline, one tiny end-to-end run."""
 
 import csv
-import importlib.util
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("headline", ROOT / "tools" / "headline.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(load_tool):
+    return load_tool("headline")
 
 
 def test_parse_setting(tool):
@@ -72,17 +64,8 @@ def test_family_bd_rate_of_identical_curves_is_zero(tool):
     assert rows["huffman"]["min_ratio_vs_checkpoint_file"] == pytest.approx(110 / 5)
 
 
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        im = np.kron(rng.random((12, 12, 3)), np.ones((8, 8, 1))) * 255
-        Image.fromarray(im.astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
-
-
-def test_end_to_end_tiny(tool, photos, kodak_two, tmp_path):
+def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
+    photos = synthetic_photos
     from deepcomp import zoo
 
     ckpts = []

@@ -1,9 +1,7 @@
 """Per-part pruning: which tensors each part prunes, the ratio per tensor, masked retraining, and tools/part_pruning.py end to end."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,21 +10,17 @@ from PIL import Image
 
 from deepcomp import part_pruning, zoo
 from deepcomp.errors import DeepCompError
-from deepcomp.finetune import TrainData
+from deepcomp.finetune import TrainData, masked_retrain
 from deepcomp.training import CropSampler, TrainConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 ARCH = "bmshj2018-factorized"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def tool():
-    spec = importlib.util.spec_from_file_location("part_pruning_tool", ROOT / "tools" / "part_pruning.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def tool(load_tool):
+    return load_tool("part_pruning", "part_pruning_tool")
 
 
 def _shapes(arch):
@@ -121,7 +115,7 @@ def test_masked_retraining_keeps_the_pruned_weights_at_exactly_zero(tmp_path):
     masks = part_pruning.prune_parts(model, part_pruning.PARTS, 0.5)
     pruned = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = TrainConfig(arch=ARCH, quality=3, steps=2, batch_size=2, patch_size=32, lr=1e-2, val_every=100)
-    state = part_pruning.retrain(model, masks, cfg, data, progress=False, log=Log())
+    state = masked_retrain(model, masks, cfg, data, progress=False, log=Log())
     assert state["step"] == 2
     after = model.state_dict()
     for name, m in masks.items():

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from deepcomp import cli
 from deepcomp.errors import DeepCompError
@@ -22,14 +21,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def train_photos(tmp_path_factory):
+def train_photos(synthetic_photos):
     """Four small synthetic training photos (blocky noise): half of them the validation split."""
-    folder = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        im = np.kron(rng.random((12, 12, 3)), np.ones((8, 8, 1))) * 255
-        Image.fromarray(im.astype(np.uint8)).save(folder / f"{i:03d}.png")
-    return folder
+    return synthetic_photos
 
 
 def tiny(**kw):

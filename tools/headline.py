@@ -109,17 +109,6 @@ def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int
     return rows
 
 
-def _clean(v):
-    """JSON-safe: NaN and infinities become null."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
-
-
 def _f(v, fmt: str) -> str:
     return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
@@ -293,7 +282,7 @@ def run(args, argv) -> dict:
     atomic_write_bytes(out / "headline.csv", csv_text(rows, FIELDS).encode())
     doc = {"rows": rows, "choice": choice, "command": command, "images": len(images), "eval_data": str(args.eval_data),
            "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}
-    atomic_write_bytes(out / "headline.json", (json.dumps(_clean(doc), indent=1) + "\n").encode())
+    atomic_write_bytes(out / "headline.json", (json.dumps(evaluation._clean(doc), indent=1) + "\n").encode())
     atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command).encode())
     plot(per_setting, out / "rd_psnr.png")
     log(f"wrote {out / 'headline.md'}")

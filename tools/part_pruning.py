@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import io
 import json
 import math
@@ -110,26 +109,8 @@ def check_args(args) -> None:
         raise DeepCompError("learning rates must be positive")
     if not 0.0 < args.val_fraction < 1.0:
         raise DeepCompError("--val-fraction must be in (0, 1)")
-    ratios = []
-    for r in args.ratios:
-        r = part_pruning.check_ratio(r)
-        if r not in ratios:
-            ratios.append(r)
-    args.ratios = ratios
-    sets = []
-    for spec in args.parts:
-        s = part_pruning.parse_part_set(spec)
-        if s not in sets:
-            sets.append(s)
-    args.part_sets = sets
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    args.ratios = list(dict.fromkeys(part_pruning.check_ratio(r) for r in args.ratios))  # in order, once each
+    args.part_sets = list(dict.fromkeys(part_pruning.parse_part_set(spec) for spec in args.parts))
 
 
 def train_settings(args, base: dict) -> dict:
@@ -242,8 +223,8 @@ def make_retrained(spec: Spec, path: Path, source: Path | None, base: dict, trai
     import numpy as np
     import torch
 
-    from deepcomp import part_pruning
     from deepcomp.checkpoints import load_checkpoint
+    from deepcomp.finetune import masked_retrain
     from deepcomp.training import TrainConfig
 
     settings = spec.settings(train)
@@ -271,7 +252,7 @@ def make_retrained(spec: Spec, path: Path, source: Path | None, base: dict, trai
     def save(payload: dict) -> None:
         _save(path, payload["state_dict"], base, settings, False, masks=payload["masks"], train_state=payload["train_state"])
 
-    st = part_pruning.retrain(model, masks, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every,
+    st = masked_retrain(model, masks, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every,
                               progress=progress, log=log)
     model.cpu()
     model.update(force=True)
@@ -289,8 +270,9 @@ def evaluate(name: str, path: Path, images, settings: dict, results: Path, base:
              progress: bool) -> dict:
     """The results of one model on the images (reused when the same file was evaluated with the same settings)."""
     from deepcomp import evaluation
+    from deepcomp.checkpoints import sha256_file
 
-    sha = _sha256(path)
+    sha = sha256_file(path)
     key = {"model_sha256": sha, "eval": settings}
     jpath = results / f"{name}.json"
     if jpath.exists() and not force:
@@ -327,7 +309,7 @@ def _now() -> str:
 # ---------------------------------------------------------------- the run
 def read_baseline(args) -> dict:
     from deepcomp import zoo
-    from deepcomp.checkpoints import checkpoint_config, read_state_dict
+    from deepcomp.checkpoints import checkpoint_config, read_state_dict, sha256_file
 
     path = Path(args.checkpoint)
     state = read_state_dict(path)
@@ -343,7 +325,7 @@ def read_baseline(args) -> dict:
         raise DeepCompError(f"{path} is channel-pruned; per-part pruning starts from a full baseline")
     lmbda = float(cfg["lmbda"]) if isinstance(cfg.get("lmbda"), (int, float)) else zoo.mse_lambda(int(quality))
     model = zoo.model_from_state_dict(arch, quality, state, str(path))  # fails clearly if it does not fit
-    return {"path": str(path), "sha256": _sha256(path), "arch": arch, "quality": int(quality), "lmbda": lmbda, "state": state,
+    return {"path": str(path), "sha256": sha256_file(path), "arch": arch, "quality": int(quality), "lmbda": lmbda, "state": state,
             "params": {n: p.numel() for n, p in model.named_parameters()}}
 
 
@@ -580,12 +562,13 @@ def plot(rows, path: Path) -> None:
 
 
 def write_outputs(rows, out: Path, args, base, settings, check: dict) -> None:
+    from deepcomp import evaluation
     from deepcomp.checkpoints import atomic_write_bytes
     from deepcomp.report import csv_text
 
     plot(rows, out / "parts.png")
     atomic_write_bytes(out / "parts.csv", csv_text(rows, FIELDS).encode())
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    clean = evaluation._clean(rows)
     doc = {"format": FORMAT, "command": ".venv/bin/python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv),
            "checkpoint": {"path": base["path"], "sha256": base["sha256"]}, "arch": base["arch"], "quality": base["quality"],
            "lmbda": base["lmbda"], "train": train_settings(args, base), "eval": settings, "baseline_timed_last": check, "rows": clean}

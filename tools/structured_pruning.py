@@ -312,12 +312,13 @@ def plot(rows, path: Path) -> None:
 
 
 def write_outputs(rows, out: Path, args, table) -> None:
+    from deepcomp import evaluation
     from deepcomp.checkpoints import atomic_write_bytes
     from deepcomp.report import csv_text
 
     atomic_write_bytes(out / "structured.md", markdown(rows, args, table).encode())
     atomic_write_bytes(out / "structured.csv", csv_text(rows, FIELDS).encode())
-    clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
+    clean = evaluation._clean(rows)
     atomic_write_bytes(out / "structured.json", (json.dumps({"rows": clean, "args": {k: str(v) if isinstance(v, Path) else v
                                                                                       for k, v in vars(args).items()}}, indent=1) + "\n").encode())
     plot(rows, out / "structured.png")

@@ -287,10 +287,9 @@ def analyze(
 # ---------------------------------------------------------------- plot
 def plot_sensitivity(table: SensitivityTable, path: str | Path) -> Path:
     """Loss increase against pruning ratio (at the largest bit width) and against bit width (unpruned), one line per layer."""
-    import matplotlib
+    from .report import _pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     path = Path(path)
     top = max(table.bits)

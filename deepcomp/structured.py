@@ -263,10 +263,9 @@ def analyze_channels(
 
 def plot_channel_sensitivity(table: ChannelSensitivity, path: str | Path) -> Path:
     """RD loss increase against the fraction of channels removed, one line per group."""
-    import matplotlib
+    from .report import _pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7.5, 4.8))

@@ -332,10 +332,9 @@ def latents_md(lat: dict) -> str:
 # ---------------------------------------------------------------- plots
 def plot_size_quality(frows, path: Path) -> Path:
     """Mean model file size (log) against the quality loss: BD-rate when there is one, else mean ΔPSNR."""
-    import matplotlib
+    from deepcomp.report import _pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     use_bd = all(math.isfinite(f["bd_rate_psnr"]) for f in frows)
     key, label = ("bd_rate_psnr", "BD-rate (PSNR) vs fp32 (%), lower is better") if use_bd else \

@@ -517,10 +517,9 @@ def markdown(rows, args, base, settings, check: dict) -> str:
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
+    from deepcomp.report import _pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from deepcomp.checkpoints import atomic_write_bytes
 

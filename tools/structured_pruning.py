@@ -281,10 +281,9 @@ def markdown(rows, args, table) -> str:
 
 
 def plot(rows, path: Path) -> None:
-    import matplotlib
+    from deepcomp.report import _pyplot
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
     for storage, marker in (("pth", "o"), ("dcmp", "s")):

@@ -491,10 +491,38 @@ def output_stems(paths: Sequence[Path]) -> list[str]:
 
 
 # ---------------------------------------------------------------- running several models
+def busy_cores(interval: float = 0.3) -> float:
+    """Cores in use right now, from two ``/proc/stat`` samples ``interval`` s apart.
+
+    Unlike the 1-minute load average, this does not remember a job that
+    ended seconds ago (such as this program's previous evaluation).  Falls
+    back to the load average where ``/proc/stat`` does not exist.
+    """
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(interval)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        try:
+            return os.getloadavg()[0]
+        except (OSError, AttributeError):
+            return 0.0
+    dt = total1 - total0
+    if dt <= 0:
+        return 0.0
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / dt)
+
+
 def default_threads(jobs: int = 1) -> int:
     """Torch threads per model: the idle cores shared among the jobs.
 
-    The cores not already busy (1-minute load average) divided among the
+    The cores not busy right now (:func:`busy_cores`) divided among the
     jobs, at least one: on a machine that runs something else, more threads
     than free cores slow PyTorch down (its threads wait on each other).  The
     thread count changes the results only in the last float bits.
@@ -502,11 +530,7 @@ def default_threads(jobs: int = 1) -> int:
     cores = os.cpu_count() or 1
     jobs = max(1, jobs)
     per_job = max(1, cores // jobs)
-    try:
-        busy = os.getloadavg()[0]
-    except (OSError, AttributeError):
-        return per_job
-    idle = int(cores - busy + 0.5)
+    idle = int(cores - busy_cores() + 0.5)
     return max(1, min(per_job, idle // jobs))
 
 

@@ -76,6 +76,7 @@ class PipelineConfig:
     arch: str | None = None  # None: from the checkpoint's config
     quality: int | None = None
     lmbda: float | None = None  # None: the checkpoint's, else CompressAI's for the quality
+    widths: dict | None = None  # a channel-pruned (thinner) model's channels per group; None: the checkpoint's, if any
     policy: dict | None = None  # Policy.to_json(); None: the default policy
     target_ratio: float | None = None  # compression ratio vs fp32 -> sensitivity + allocator
     target_loss: float | None = None  # RD loss increase -> sensitivity + allocator
@@ -200,6 +201,8 @@ class Pipeline:
         ck = checkpoint_config(self.checkpoint)
         cfg.arch = cfg.arch or ck.get("arch")
         cfg.quality = cfg.quality or ck.get("quality")
+        if cfg.widths is None and isinstance(ck.get("widths"), dict):
+            cfg.widths = {str(k): int(v) for k, v in ck["widths"].items()}
         if cfg.arch is None or cfg.quality is None:
             raise DeepCompError(f"{self.checkpoint} does not say which model it holds: pass --arch and --quality")
         if cfg.lmbda is None:
@@ -208,7 +211,7 @@ class Pipeline:
         cfg.check()
         self.cfg = cfg
         self.checkpoint_every = checkpoint_every if checkpoint_every is not None else cfg.val_every
-        zoo.model_from_state_dict(cfg.arch, cfg.quality, self.base_state, str(self.checkpoint))  # fails clearly if it does not fit
+        zoo.model_from_state_dict(cfg.arch, cfg.quality, self.base_state, str(self.checkpoint), widths=cfg.widths)  # fails clearly if it does not fit
         self.out.mkdir(parents=True, exist_ok=True)
         self.state_path = self.out / "pipeline.json"
         self.record = self._open_record()
@@ -249,12 +252,14 @@ class Pipeline:
         return self._data
 
     def _model(self, state: Mapping[str, torch.Tensor]) -> torch.nn.Module:
-        model = zoo.build(self.cfg.arch, self.cfg.quality, init_weights=False)
+        model = zoo.build(self.cfg.arch, self.cfg.quality, init_weights=False, widths=self.cfg.widths)
         zoo.assign_weights(model, state, "pipeline")
         return model.to(self.device)
 
     def _save_model(self, path: Path, state: Mapping[str, torch.Tensor], **extra) -> None:
         cfg = {"arch": self.cfg.arch, "quality": self.cfg.quality, "lmbda": self.cfg.lmbda}
+        if self.cfg.widths:
+            cfg["widths"] = dict(self.cfg.widths)
         write_checkpoint(path, {"state_dict": zoo.strip_derived({k: v.detach().cpu() for k, v in state.items()}), "config": cfg, **extra})
 
     @property
@@ -344,7 +349,8 @@ class Pipeline:
         from .model_file import compress_state_dict
 
         state = read_training_checkpoint(self.out / "retrain.pth.tar")["state_dict"]
-        c = compress_state_dict(state, storage_policy(self.policy), self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size)
+        c = compress_state_dict(state, storage_policy(self.policy), self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size,
+                                widths=self.cfg.widths)
         size = container.write(self.out / "share.dcmp", c)
         self.log(f"[share] k-means shared -> share.dcmp ({size:,} bytes with Huffman coding)")
         self._finish("share", file="share.dcmp", file_bytes=size)
@@ -382,7 +388,8 @@ class Pipeline:
 
     def stage_huffman(self) -> None:
         state = read_training_checkpoint(self.out / "centroids.pth.tar")["state_dict"]
-        size = write_exact(self.out / "final.dcmp", state, self.policy, self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size)
+        size = write_exact(self.out / "final.dcmp", state, self.policy, self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size,
+                           widths=self.cfg.widths)
         self.log(f"[huffman] the fine-tuned weights, stored exactly -> final.dcmp ({size:,} bytes)")
         alloc = _read_json(self.out / "policy.json").get("allocation")
         if alloc:

@@ -381,3 +381,20 @@ def test_structured_pruning_tool_tiny_run(small_ckpt, photos, tmp_path):
     logs = []
     tool.run(tool.parse_args(argv), log=logs.append)
     assert (out / "models" / "alloc-macs0.30.pth.tar").stat().st_mtime_ns == stamp and any("done before" in s for s in logs)
+
+
+def test_pipeline_takes_a_thinner_checkpoint(small_ckpt, photos, tmp_path):
+    """Deep Compression after channel pruning: every stage rebuilds the thinner model, the final file records its widths."""
+    from deepcomp.pipeline import PipelineConfig, run_pipeline
+
+    cfg = PipelineConfig(policy=Policy().with_weight_rule(prune=0.5, bits=4).to_json(), retrain_steps=2, prune_rounds=1, centroid_steps=1,
+                         batch_size=2, patch_size=32, val_every=2, val_fraction=0.5, val_patch=32)
+    out = tmp_path / "run"
+    run_pipeline(small_ckpt, out, cfg, photos / "train", photos / "eval", progress=False, log=lambda *_: None)
+    widths = small_widths("bmshj2018-factorized")
+    assert model_file.file_info(out / "final.dcmp")["widths"] == widths
+    model = model_file.load_model(out / "final.dcmp")
+    assert zoo.channel_widths(model) == widths
+    table = json.loads((out / "stages.json").read_text())
+    assert all(r["psnr"] > 0 for r in table["rows"])
+    assert torch.load(out / "retrain.pth.tar", weights_only=True)["config"]["widths"] == widths

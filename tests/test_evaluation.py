@@ -1,5 +1,6 @@
 """Evaluation with real bitstreams: agreement with CompressAI's eval_model, files, errors."""
 
+import os
 import glob
 import json
 import math
@@ -339,3 +340,27 @@ def test_parallel_worker_error_is_one_deepcomp_error(tmp_path):
     torch.save({"state_dict": random_model(quality=1).state_dict()}, bare)
     with pytest.raises(DeepCompError, match="does not fit"):
         evaluation.evaluate_paths([bare, bare], data, tmp_path / "bad", arch="bmshj2018-hyperprior", quality=1, jobs=2, progress=False)
+
+
+def test_busy_cores_sees_a_spinning_thread_and_forgets_it():
+    """The thread default reads the cores busy now, not a 1-minute average."""
+    import threading
+
+    from deepcomp.evaluation import busy_cores, default_threads
+
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    try:
+        during = busy_cores(0.5)
+    finally:
+        stop.set()
+        t.join()
+    cores = os.cpu_count() or 1
+    assert 0.6 <= during <= cores + 0.01
+    assert 1 <= default_threads() <= cores

@@ -95,6 +95,36 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
     mtime = (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns
     assert tool.main(args) == 0
     assert (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns == mtime
+    # the control: the baseline of quality 3 trained on, unpruned, for retrain + centroid steps
+    assert tool.main(args + ["--control", "3"]) == 0
+    doc = json.loads((out / "headline.json").read_text())
+    assert set(doc["controls"]) == {"3"} and doc["controls"]["3"]["settings"]["steps"] == 3
+    cdir = tool.control_dir(work, 3, 1e-5) / "q3"
+    from deepcomp.checkpoints import read_state_dict
+
+    base, ctrl = read_state_dict(ckpts[1]), read_state_dict(cdir / "control.pth.tar")
+    w = "g_a.0.weight"
+    assert not torch.equal(base[w], ctrl[w]) and bool((ctrl[w] != 0).all())  # trained, and nothing pruned
+    assert "## Control" in (out / "headline.md").read_text()
+    with pytest.raises(SystemExit):  # a quality without a baseline is refused
+        tool.build_parser().parse_args(["--control", "x"])
+    assert tool.main(args + ["--control", "4"]) == 2
+
+
+def test_family_rows_against_controls(tool):
+    def table(bpp, psnr, shift):
+        rows = [{"stage": "baseline", "label": "baseline", "bytes": 100, "ratio": 1.0, "bpp": bpp, "psnr": psnr, "ms_ssim": 0.9}]
+        rows += [{"stage": s, "label": s, "bytes": 5, "ratio": 20.0, "bpp": bpp, "psnr": psnr + shift, "ms_ssim": 0.9} for s in tool_stages()]
+        return {"rows": rows, "fp32_bytes": 100}
+
+    pts = {1: (0.2, 27.0), 2: (0.3, 28.5), 3: (0.45, 30.0), 4: (0.6, 31.0)}
+    per_q = {q: table(b, p, 0.5) for q, (b, p) in pts.items()}
+    controls = {q: {"bpp": b, "psnr": p + 0.5, "ms_ssim": 0.9} for q, (b, p) in pts.items()}
+    rows = {r["stage"]: r for r in tool.family_rows("s", per_q, {q: 100 for q in pts}, controls)}
+    assert rows["huffman"]["bd_psnr_db"] == pytest.approx(0.5, abs=1e-6)  # better than the baselines...
+    assert rows["huffman"]["bd_psnr_vs_control_db"] == pytest.approx(0.0, abs=1e-6)  # ...only as good as the controls
+    partial = {r["stage"]: r for r in tool.family_rows("s", per_q, {q: 100 for q in pts}, {1: controls[1]})}
+    assert math.isnan(partial["huffman"]["bd_psnr_vs_control_db"])
 
 
 def test_bad_setting_is_one_line(tool, tmp_path, capsys):

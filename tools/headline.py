@@ -16,6 +16,13 @@ files are all at least ``--target-ratio`` x smaller with a BD-rate (PSNR) of
 at most ``--max-bd`` %, and the largest ratio reached at ``--relaxed-bd`` % or
 less.  Training only ever sees ``--data`` (the training photos).
 
+``--control`` also trains each baseline on, unpruned, for as many steps as
+the pipeline's retraining and centroid fine-tuning together (same λ, lr,
+crops and batches): the baselines are not trained to convergence, and the
+control shows how much of the retrained result is that extra training alone.
+The tables then add each final file against its control, and the family's
+BD-rate against the controls when every quality has one.
+
 Output folder: ``headline.md`` (summary, per-setting stage tables, per-quality
 rows), ``headline.csv`` / ``headline.json``, ``rd_psnr.png``, ``stages/``
 (each pipeline's own table) and ``models/`` (the final deepcomp files of the
@@ -41,7 +48,7 @@ from deepcomp.report import csv_text, human_bytes
 STAGE_KEYS = ("prune", "retrain", "share", "centroids", "huffman")
 SETTING = re.compile(r"^prune(0?\.\d+|0)-bits(\d+)$")
 FIELDS = ("setting", "stage", "label", "qualities", "min_ratio", "family_ratio", "min_ratio_vs_checkpoint_file",
-          "bd_rate_psnr", "bd_rate_ms_ssim", "bd_psnr_db", "mean_delta_psnr")
+          "bd_rate_psnr", "bd_rate_ms_ssim", "bd_psnr_db", "mean_delta_psnr", "bd_rate_psnr_vs_control", "bd_psnr_vs_control_db")
 
 
 def log(msg: str) -> None:
@@ -88,10 +95,15 @@ def _bd_psnr(anchor: list[dict], test: list[dict]) -> float:
         return math.nan
 
 
-def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int]) -> list[dict]:
-    """One row per stage of one setting: ratios and BD-rates over the family."""
+def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int], controls: dict[int, dict] | None = None) -> list[dict]:
+    """One row per stage of one setting: ratios and BD-rates over the family.
+
+    With a control for every quality (:func:`train_control`), also the
+    BD-rate and BD-PSNR against the controls.
+    """
     qs = sorted(per_quality)
     base = [next(r for r in per_quality[q]["rows"] if r["stage"] == "baseline") for q in qs]
+    ctrl = [controls[q] for q in qs] if controls and all(q in controls for q in qs) else None
     rows = []
     for key in STAGE_KEYS:
         stage = [next(r for r in per_quality[q]["rows"] if r["stage"] == key) for q in qs]
@@ -105,6 +117,8 @@ def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int
             "bd_rate_ms_ssim": _bd(base, stage, "ms_ssim"),
             "bd_psnr_db": _bd_psnr(base, stage),
             "mean_delta_psnr": sum(s["psnr"] - b["psnr"] for s, b in zip(stage, base)) / len(qs),
+            "bd_rate_psnr_vs_control": _bd(ctrl, stage, "psnr") if ctrl else math.nan,
+            "bd_psnr_vs_control_db": _bd_psnr(ctrl, stage) if ctrl else math.nan,
         })
     return rows
 
@@ -129,7 +143,36 @@ def pick(rows: list[dict], target_ratio: float, max_bd: float, relaxed_bd: float
     }
 
 
-def markdown(rows, per_setting, choice, args, command) -> str:
+def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr: float) -> list[str]:
+    """The control section: what the same extra training gives the unpruned baselines."""
+    lines = ["## Control: the baselines trained on unpruned", "",
+             f"The baselines are not trained to convergence, so masked retraining also trains them further. The control trains each "
+             f"baseline for the same {steps} steps (the retraining's plus the centroid fine-tuning's) at lr {lr:g}, with the same λ, "
+             "crops and batches, and no mask. *Δ vs control*: the final file against the control of the same quality "
+             "(bpp in %, PSNR in dB). *Val RD loss*: on the validation split of the training photos.", "",
+             "| Setting | Quality | Baseline bpp / PSNR / val loss | Control bpp / PSNR / val loss | Final bpp / PSNR / val loss | Δ vs control |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for setting, per_q in per_setting.items():
+        for q in sorted(per_q):
+            if q not in controls:
+                continue
+            b = next(r for r in per_q[q]["rows"] if r["stage"] == "baseline")
+            f = next(r for r in per_q[q]["rows"] if r["stage"] == "huffman")
+            c = controls[q]
+            lines.append(f"| `{setting}` | {q} | {b['bpp']:.4f} / {b['psnr']:.2f} dB / {_f(b['val_loss'], '.4f')} | "
+                         f"{c['bpp']:.4f} / {c['psnr']:.2f} dB / {_f(c['val_loss'], '.4f')} | "
+                         f"{f['bpp']:.4f} / {f['psnr']:.2f} dB / {_f(f['val_loss'], '.4f')} | "
+                         f"{100 * (f['bpp'] / c['bpp'] - 1):+.1f} % / {f['psnr'] - c['psnr']:+.2f} dB |")
+    fam = [r for r in rows if r["stage"] == "huffman" and math.isfinite(r["bd_psnr_vs_control_db"])]
+    if fam:
+        lines += [""] + [f"Family against the controls (`{r['setting']}`): BD-rate (PSNR) {_u(r['bd_rate_psnr_vs_control'], '+.2f', ' %')}, "
+                         f"BD-PSNR {_u(r['bd_psnr_vs_control_db'], '+.2f', ' dB')}." for r in fam]
+    elif controls:
+        lines += ["", "Controls exist for only some qualities, so no family BD-rate against them."]
+    return lines + [""]
+
+
+def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     h, rel = choice["headline"], choice["largest_at_relaxed"]
     lines = ["# Deep Compression with retraining on the bmshj2018-factorized family", ""]
     if h:
@@ -172,17 +215,24 @@ def markdown(rows, per_setting, choice, args, command) -> str:
             f = next(r for r in per_q[q]["rows"] if r["stage"] == "huffman")
             lines.append(f"| `{setting}` | {q} | {b['bpp']:.4f} / {b['psnr']:.2f} dB | {human_bytes(f['bytes'])} | {f['ratio']:.1f}x | "
                          f"{f['bpp']:.4f} | {f['psnr']:.2f} dB | {f['ms_ssim']:.4f} |")
-    lines += ["", "Per-stage tables of each run: `stages/`.", "", "Reproduce:", "", f"```sh\n{command}\n```", ""]
+    lines.append("")
+    if controls:
+        lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, args.lr)
+    lines += ["Per-stage tables of each run: `stages/`.", "", "Reproduce:", "", f"```sh\n{command}\n```", ""]
     return "\n".join(lines)
 
 
-def plot(per_setting, path: Path) -> None:
+def plot(per_setting, path: Path, controls: dict[int, dict] | None = None) -> None:
     plt = report._pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
     first = next(iter(per_setting.values()))
     qs = sorted(first)
     base = [next(r for r in first[q]["rows"] if r["stage"] == "baseline") for q in qs]
     ax.plot([r["bpp"] for r in base], [r["psnr"] for r in base], "k-o", label="baseline (fp32)")
+    if controls:
+        cq = sorted(controls)
+        ax.plot([controls[q]["bpp"] for q in cq], [controls[q]["psnr"] for q in cq], ":o", color="grey",
+                label="control: baseline trained on unpruned")
     for setting, per_q in per_setting.items():
         qs = sorted(per_q)
         fin = [next(r for r in per_q[q]["rows"] if r["stage"] == "huffman") for q in qs]
@@ -194,6 +244,78 @@ def plot(per_setting, path: Path) -> None:
     ax.legend()
     ax.set_title("bmshj2018-factorized: baselines vs Deep Compression with retraining")
     report._save(fig, path)
+
+
+# ---------------------------------------------------------------- the control
+def control_dir(work: Path, steps: int, lr: float) -> Path:
+    return work / f"control-{steps}steps-lr{lr:g}"
+
+
+def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) -> dict:
+    """The baseline trained on *unpruned* for ``steps`` steps with the retraining's settings.
+
+    The baselines are not trained to convergence, so part of what masked
+    retraining wins back is plain extra training.  The control measures that
+    part: same λ, learning rate, batch, crops and batches (seed) as the
+    pipeline's retraining, no mask.  Returns its Kodak summary and its
+    validation RD loss (``out/record.json``; the per-image results in
+    ``out/control.json``); resumable.
+    """
+    import numpy as np
+    import torch
+
+    from deepcomp import zoo
+    from deepcomp.checkpoints import read_state_dict, sha256_file, write_checkpoint
+    from deepcomp.finetune import TrainData, cpu_state_dict, masked_retrain
+    from deepcomp.training import TrainConfig, evaluate_rd, read_training_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    rec_path, path = out / "record.json", out / "control.pth.tar"
+    ck = checkpoint_config(ckpt)
+    arch, quality = ck.get("arch"), ck.get("quality")
+    if arch is None or quality is None:
+        raise DeepCompError(f"{ckpt} does not record its architecture and quality")
+    lmbda = float(ck["lmbda"]) if isinstance(ck.get("lmbda"), (int, float)) else zoo.mse_lambda(int(quality))
+    settings = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "steps": steps, "lr": args.lr, "lmbda": lmbda,
+                "batch_size": args.batch_size, "patch_size": args.patch_size, "val_fraction": args.val_fraction,
+                "val_patch": args.val_patch, "data": str(args.data), "eval_data": str(args.eval_data), "images": len(images)}
+    rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
+    if rec.get("settings") == settings and rec.get("done"):
+        return rec
+    data = TrainData.from_folder(args.data, args.patch_size, args.val_fraction, args.val_patch, 0)
+    model = zoo.build(arch, quality, init_weights=False)
+    state = None
+    if rec.get("settings") == settings and path.exists():
+        tck = read_training_checkpoint(path)
+        zoo.assign_weights(model, tck["state_dict"], "control")
+        state = dict(tck.get("train_state") or {})
+        log(f"[control] q{quality}: resuming at step {state.get('step', 0)} of {steps}")
+    else:
+        zoo.assign_weights(model, read_state_dict(ckpt), "control")
+        atomic_write_bytes(rec_path, (json.dumps({"settings": settings, "done": False}, indent=1) + "\n").encode())
+        log(f"[control] q{quality}: {steps} steps of unpruned training, lr {args.lr:g}, lambda {lmbda:g}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    cfg = TrainConfig(arch=arch, quality=quality, lmbda=lmbda, steps=steps, batch_size=args.batch_size, patch_size=args.patch_size,
+                      lr=args.lr, val_every=args.val_every, val_fraction=args.val_fraction, seed=0)
+    data.sampler.rng = np.random.default_rng([0, 1, (state or {}).get("step", 0)])  # the pipeline's retraining batches
+    config = {"arch": arch, "quality": quality, "lmbda": lmbda}
+
+    def save(payload: dict) -> None:
+        write_checkpoint(path, {"state_dict": zoo.strip_derived(payload["state_dict"]), "config": config, "train_state": payload["train_state"]})
+
+    masked_retrain(model, {}, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every, progress=not args.quiet, log=log)
+    val = evaluate_rd(model, data.val_crops.to(device), lmbda)
+    model.cpu()
+    model.update(force=True)
+    write_checkpoint(path, {"state_dict": cpu_state_dict(model), "config": config})
+    log(f"[control] q{quality}: {path} on {len(images)} images")
+    evaluation.run_one(str(path), "control", images, str(args.eval_data), str(out), arch, quality, "control", True, not args.quiet)
+    doc = evaluation.read_results(out / "control.json")
+    rec = {"settings": settings, "done": True, "quality": quality, "val_loss": val["loss"], "val_bpp": val["bpp"], "val_psnr": val["psnr"],
+           **{k: doc["mean"].get(k) for k in ("bpp", "psnr", "ssim", "ms_ssim", "images")}}
+    atomic_write_bytes(rec_path, (json.dumps(evaluation._clean(rec), indent=1) + "\n").encode())
+    return rec
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data/train"))
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/kodak"))
     p.add_argument("--eval-limit", type=int, default=None, help="only the first N evaluation images (quick checks)")
+    p.add_argument("--control", type=int, nargs="*", default=None, metavar="Q",
+                   help="also train the baselines (all, or only qualities Q) on unpruned for the same steps, as a control")
     p.add_argument("--target-ratio", type=float, default=20.0)
     p.add_argument("--max-bd", type=float, default=2.0)
     p.add_argument("--relaxed-bd", type=float, default=5.0)
@@ -265,8 +389,15 @@ def run(args, argv) -> dict:
             log(f"[{setting}] quality {q}: pipeline in {out}")
             run_pipeline(c, out, cfg, args.data, args.eval_data, eval_limit=args.eval_limit, progress=not args.quiet, log=log)
             per_setting[setting][q] = json.loads((out / "stages.json").read_text())
+    controls: dict[int, dict] = {}
+    if args.control is not None:
+        steps = args.retrain_steps + args.centroid_steps
+        for q in args.control or sorted(qualities):
+            if q not in qualities:
+                raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
+            controls[q] = train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images)
     ckpt_bytes = {q: c.stat().st_size for q, c in qualities.items()}
-    rows = [r for s, per_q in per_setting.items() for r in family_rows(s, per_q, ckpt_bytes)]
+    rows = [r for s, per_q in per_setting.items() for r in family_rows(s, per_q, ckpt_bytes, controls)]
     choice = pick(rows, args.target_ratio, args.max_bd, args.relaxed_bd)
     command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
     out = args.out
@@ -280,11 +411,11 @@ def run(args, argv) -> dict:
         for q in per_setting[s]:
             shutil.copyfile(args.work / s / f"q{q}" / "final.dcmp", out / "models" / f"bmshj2018-factorized-q{q}-{s}.dcmp")
     atomic_write_bytes(out / "headline.csv", csv_text(rows, FIELDS).encode())
-    doc = {"rows": rows, "choice": choice, "command": command, "images": len(images), "eval_data": str(args.eval_data),
+    doc = {"rows": rows, "choice": choice, "controls": controls, "command": command, "images": len(images), "eval_data": str(args.eval_data),
            "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}
     atomic_write_bytes(out / "headline.json", (json.dumps(evaluation._clean(doc), indent=1) + "\n").encode())
-    atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command).encode())
-    plot(per_setting, out / "rd_psnr.png")
+    atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command, controls).encode())
+    plot(per_setting, out / "rd_psnr.png", controls)
     log(f"wrote {out / 'headline.md'}")
     return doc
 

@@ -42,6 +42,9 @@ def test_pick_headline(tool):
     assert c["largest_at_relaxed"]["setting"] == "b"
     assert c["best_bd"]["setting"] == "d"
     assert tool.pick(rows, 30.0, 2.0, 5.0)["headline"] is None
+    assert tool.shipped_setting(rows, c) == "a"
+    psnr = [dict(r, bd_psnr_db={"a": -1.0, "b": -0.5, "c": -3.0, "d": 0.2, "e": math.nan}[r["setting"]]) for r in rows]
+    assert tool.shipped_setting(psnr, tool.pick(psnr, 60.0, 2.0, 5.0)) == "d"  # no headline: the best BD-PSNR
 
 
 def test_family_bd_rate_of_identical_curves_is_zero(tool):
@@ -87,6 +90,8 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
     ratios = [next(r["ratio"] for r in t["rows"] if r["stage"] == "huffman") for t in finals]
     assert float(rows[-1]["min_ratio"]) == pytest.approx(min(ratios))
     assert (out / "rd_psnr.png").stat().st_size > 0 and (out / "stages" / "prune0.5-bits4-q3.md").is_file()
+    assert sorted(p.name for p in (out / "models").glob("*.dcmp")) == ["bmshj2018-factorized-q1-prune0.5-bits4.dcmp",
+                                                                       "bmshj2018-factorized-q3-prune0.5-bits4.dcmp"]
     doc = json.loads((out / "headline.json").read_text())  # strict JSON: no NaN
     assert doc["images"] == 1 and "tools/headline.py" in doc["command"]
     # the baselines were evaluated once and their result reused by the pipelines

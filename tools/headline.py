@@ -26,7 +26,7 @@ BD-rate against the controls when every quality has one.
 Output folder: ``headline.md`` (summary, per-setting stage tables, per-quality
 rows), ``headline.csv`` / ``headline.json``, ``rd_psnr.png``, ``stages/``
 (each pipeline's own table) and ``models/`` (the final deepcomp files of the
-headline setting).
+headline setting, or of the best BD-PSNR when none reached the target).
 """
 
 from __future__ import annotations
@@ -172,6 +172,19 @@ def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr: flo
     return lines + [""]
 
 
+def shipped_setting(rows: list[dict], choice: dict) -> str | None:
+    """The setting whose final files go to ``models/``: the headline, else the best BD-PSNR
+    (else, where no BD-PSNR is defined, the best mean PSNR change)."""
+    if choice["headline"] is not None:
+        return choice["headline"]["setting"]
+    finals = [r for r in rows if r["stage"] == "huffman"]
+    for key in ("bd_psnr_db", "mean_delta_psnr"):
+        ok = [r for r in finals if math.isfinite(r[key])]
+        if ok:
+            return max(ok, key=lambda r: r[key])["setting"]
+    return None
+
+
 def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     h, rel = choice["headline"], choice["largest_at_relaxed"]
     lines = ["# Deep Compression with retraining on the bmshj2018-factorized family", ""]
@@ -218,6 +231,9 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     lines.append("")
     if controls:
         lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, args.lr)
+    kept = shipped_setting(rows, choice)
+    if kept is not None:
+        lines += [f"The final files of `{kept}` are in `models/`.", ""]
     lines += ["Per-stage tables of each run: `stages/`.", "", "Reproduce:", "", f"```sh\n{command}\n```", ""]
     return "\n".join(lines)
 
@@ -402,14 +418,18 @@ def run(args, argv) -> dict:
     command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
     out = args.out
     (out / "stages").mkdir(parents=True, exist_ok=True)
+    for old in (out / "stages").glob("*.md"):  # tables of settings not in this run would be stale
+        old.unlink()
     for s, per_q in per_setting.items():
         for q in per_q:
             shutil.copyfile(args.work / s / f"q{q}" / "stages.md", out / "stages" / f"{s}-q{q}.md")
-    if choice["headline"] is not None:
-        s = choice["headline"]["setting"]
+    kept = shipped_setting(rows, choice)
+    if kept is not None:  # the headline's files, or the best there is (for the storage comparison)
         (out / "models").mkdir(exist_ok=True)
-        for q in per_setting[s]:
-            shutil.copyfile(args.work / s / f"q{q}" / "final.dcmp", out / "models" / f"bmshj2018-factorized-q{q}-{s}.dcmp")
+        for old in (out / "models").glob("*.dcmp"):
+            old.unlink()
+        for q in per_setting[kept]:
+            shutil.copyfile(args.work / kept / f"q{q}" / "final.dcmp", out / "models" / f"bmshj2018-factorized-q{q}-{kept}.dcmp")
     atomic_write_bytes(out / "headline.csv", csv_text(rows, FIELDS).encode())
     doc = {"rows": rows, "choice": choice, "controls": controls, "command": command, "images": len(images), "eval_data": str(args.eval_data),
            "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}

@@ -110,7 +110,8 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
     base, ctrl = read_state_dict(ckpts[1]), read_state_dict(cdir / "control.pth.tar")
     w = "g_a.0.weight"
     assert not torch.equal(base[w], ctrl[w]) and bool((ctrl[w] != 0).all())  # trained, and nothing pruned
-    assert "## Control" in (out / "headline.md").read_text()
+    md = (out / "headline.md").read_text()
+    assert "## Control" in md and "**Against the controls**" in md and "q3: " in md
     with pytest.raises(SystemExit):  # a quality without a baseline is refused
         tool.build_parser().parse_args(["--control", "x"])
     assert tool.main(args + ["--control", "4"]) == 2

@@ -143,6 +143,11 @@ def pick(rows: list[dict], target_ratio: float, max_bd: float, relaxed_bd: float
     }
 
 
+def _control_delta(table: dict, control: dict) -> str:
+    f = next(r for r in table["rows"] if r["stage"] == "huffman")
+    return f"{100 * (f['bpp'] / control['bpp'] - 1):+.1f} % bpp, {f['psnr'] - control['psnr']:+.2f} dB"
+
+
 def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr: float) -> list[str]:
     """The control section: what the same extra training gives the unpruned baselines."""
     lines = ["## Control: the baselines trained on unpruned", "",
@@ -162,7 +167,7 @@ def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr: flo
             lines.append(f"| `{setting}` | {q} | {b['bpp']:.4f} / {b['psnr']:.2f} dB / {_f(b['val_loss'], '.4f')} | "
                          f"{c['bpp']:.4f} / {c['psnr']:.2f} dB / {_f(c['val_loss'], '.4f')} | "
                          f"{f['bpp']:.4f} / {f['psnr']:.2f} dB / {_f(f['val_loss'], '.4f')} | "
-                         f"{100 * (f['bpp'] / c['bpp'] - 1):+.1f} % / {f['psnr'] - c['psnr']:+.2f} dB |")
+                         f"{_control_delta(per_q[q], c).replace(' bpp,', ' /')} |")
     fam = [r for r in rows if r["stage"] == "huffman" and math.isfinite(r["bd_psnr_vs_control_db"])]
     if fam:
         lines += [""] + [f"Family against the controls (`{r['setting']}`): BD-rate (PSNR) {_u(r['bd_rate_psnr_vs_control'], '+.2f', ' %')}, "
@@ -208,6 +213,10 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
                      f"{rel['bd_rate_psnr']:+.2f} %).")
     else:
         lines.append(f"No setting stayed within {args.relaxed_bd:g} % BD-rate (PSNR).")
+    if controls:
+        lines += ["", "**Against the controls** (the baselines trained on unpruned for as many steps; see the end): " + "; ".join(
+            f"`{setting}` q{q}: {_control_delta(per_q[q], controls[q])}" for setting, per_q in per_setting.items() for q in sorted(per_q)
+            if q in controls) + "."]
     lines += ["", f"Evaluation: `{args.eval_data}`, real bitstreams; training photos `{args.data}` only for retraining. "
               "Ratio: fp32 state_dict bytes / size (the smallest over the qualities; *family*: all files together; "
               "*vs file*: the baseline's `.pth.tar` / size). BD-rate against the uncompressed baselines (pchip; negative is better). "

@@ -206,7 +206,7 @@ class Pipeline:
         if cfg.arch is None or cfg.quality is None:
             raise DeepCompError(f"{self.checkpoint} does not say which model it holds: pass --arch and --quality")
         if cfg.lmbda is None:
-            cfg.lmbda = float(ck["lmbda"]) if isinstance(ck.get("lmbda"), (int, float)) else zoo.mse_lambda(int(cfg.quality))
+            cfg.lmbda = zoo.config_lambda(ck, cfg.quality)
         cfg.policy = Policy.from_json(cfg.policy, "policy").to_json() if cfg.policy is not None else Policy().to_json()
         cfg.check()
         self.cfg = cfg

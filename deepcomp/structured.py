@@ -90,7 +90,7 @@ def load_source(checkpoint: str | Path, arch: str | None = None, quality: int | 
     if arch is None or quality is None:
         raise DeepCompError(f"{checkpoint} does not say which model it holds: pass --arch and --quality")
     if lmbda is None:
-        lmbda = float(cfg["lmbda"]) if isinstance(cfg.get("lmbda"), (int, float)) else zoo.mse_lambda(int(quality))
+        lmbda = zoo.config_lambda(cfg, quality)
     model = zoo.model_from_state_dict(arch, int(quality), state, source=str(checkpoint), widths=cfg.get("widths"))
     return Source(model, arch, int(quality), float(lmbda), zoo.channel_widths(model), str(checkpoint), cfg)
 

@@ -166,6 +166,12 @@ def mse_lambda(quality: int) -> float:
     return MSE_LAMBDAS[quality]
 
 
+def config_lambda(config: Mapping, quality: int) -> float:
+    """The λ a checkpoint's ``config`` records, else CompressAI's MSE λ for ``quality``."""
+    v = config.get("lmbda")
+    return float(v) if isinstance(v, (int, float)) else mse_lambda(int(quality))
+
+
 def output_channel_axes(model: nn.Module) -> dict[str, int]:
     """Axis of the output channels of each conv weight (1 for transposed convs)."""
     axes = {}

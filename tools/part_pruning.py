@@ -323,7 +323,7 @@ def read_baseline(args) -> dict:
         raise DeepCompError(f"{path} does not say which model it holds: pass --arch and --quality")
     if cfg.get("widths"):
         raise DeepCompError(f"{path} is channel-pruned; per-part pruning starts from a full baseline")
-    lmbda = float(cfg["lmbda"]) if isinstance(cfg.get("lmbda"), (int, float)) else zoo.mse_lambda(int(quality))
+    lmbda = zoo.config_lambda(cfg, quality)
     model = zoo.model_from_state_dict(arch, quality, state, str(path))  # fails clearly if it does not fit
     return {"path": str(path), "sha256": sha256_file(path), "arch": arch, "quality": int(quality), "lmbda": lmbda, "state": state,
             "params": {n: p.numel() for n, p in model.named_parameters()}}

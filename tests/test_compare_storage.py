@@ -6,7 +6,7 @@ import math
 import pytest
 from PIL import Image
 
-from deepcomp import weight_formats
+from deepcomp import evaluation, weight_formats
 from deepcomp.errors import DeepCompError
 
 
@@ -49,6 +49,19 @@ def test_equal_quality_by_bd_rate(tool):
     assert tool._ratio_words(0.8) == "1.25× larger" and tool._ratio_words(2.0) == "2.00× smaller"
 
 
+def test_equal_quality_only_some_deepcomp_families(tool):
+    frows = [
+        _fam("nnc-a", "nnc", {1: 100, 2: 100}, bd=0.3),
+        _fam("deepcomp-retrained", "deepcomp", {1: 20, 2: 20}, bd=-1.0),
+        _fam("deepcomp-share8", "deepcomp", {1: 150, 2: 150}, bd=0.2),
+    ]
+    (r,) = tool.equal_quality(frows, tolerance=0.5, tolerance_db=0.05)
+    assert r["deepcomp_family"] == "deepcomp-retrained" and r["times_smaller"] == pytest.approx(5.0)
+    (r,) = tool.equal_quality(frows, tolerance=0.5, tolerance_db=0.05, only={"deepcomp-share8"})
+    assert r["deepcomp_family"] == "deepcomp-share8" and r["times_smaller"] == pytest.approx(100 / 150)
+    assert tool._verdict([r], "x").startswith("x is NOT the smallest")
+
+
 def test_equal_quality_with_one_quality(tool):
     frows = [
         _fam("int8", "int8", {3: 400}, dpsnr=-0.01, dbpp=0.1),
@@ -85,8 +98,24 @@ def test_end_to_end_small(tool, random_checkpoint, kodak_two, tmp_path):
     for fam, r in rows.items():
         assert int(r["file_bytes"]) == (tmp_path / "files" / r["file"]).stat().st_size, fam
     assert len(list((out / "results").glob("*.json"))) == len(expected)
+    first_int8 = evaluation.read_results(out / "results" / "bmshj2018-factorized-q3-int8.json")
     summary = (out / "summary.md").read_text()
     assert "Deepcomp file" in summary and "range coder" in summary and "tools/compare_storage.py" in summary
+    assert "without retraining alone" not in summary and not (out / "summary_without_retraining.csv").exists()
+
+    # a rerun with a file made elsewhere: unchanged files are not evaluated again, and the plain settings get their own table
+    given = tmp_path / "given.dcmp"
+    given.write_bytes((tmp_path / "files" / rows["deepcomp-share8"]["file"]).read_bytes())
+    rc = tool.main([str(random_checkpoint), "--arch", "bmshj2018-factorized", "--quality", "3", "--data", str(data), "-o", str(out),
+                    "--formats", "fp32", "int8", "--deepcomp", "share8", "--model", f"retrained={given}", "--threads", "1", "--quiet",
+                    "--no-latents", "--work", str(tmp_path / "files")])
+    assert rc == 0
+    docs = {p.stem: evaluation.read_results(p) for p in (out / "results").glob("*.json")}
+    assert "reused" in docs["bmshj2018-factorized-q3-int8"]["model"]["evaluation"]
+    assert docs["bmshj2018-factorized-q3-int8"]["per_image"] == first_int8["per_image"]
+    assert "evaluation" not in docs["bmshj2018-factorized-q3-retrained"]["model"]  # new file: coded
+    summary = (out / "summary.md").read_text()
+    assert "without retraining alone" in summary and (out / "summary_without_retraining.csv").is_file()
 
 
 def test_bad_inputs_end_with_one_line(tool, random_checkpoint, tmp_path, capsys):

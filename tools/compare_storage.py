@@ -21,12 +21,16 @@ the images: CompressAI's range coder, LZMA over the quantized latents
 (``deepcomp.latent_storage``) and the image files through tar + xz.
 
 Output folder (default ``artifacts/comparison``): ``report.md`` (everything),
-``summary.md`` (the short version for the README), ``weights.{md,csv}`` (one
+``summary.md`` (the short version for the README; with ``--model`` files as
+well, a second table compares only the ``--deepcomp`` settings, made without
+retraining, in ``summary_without_retraining.csv``), ``weights.{md,csv}`` (one
 row per model file), ``families.{md,csv}`` (one row per family, BD-rates),
 ``latents.{md,csv}``, ``rd_psnr.png``, ``size_quality.png``, and
 ``results/`` (one evaluation JSON per model: ``deepcomp report`` reads them).
 The model files themselves go to ``--work`` (default: a temporary folder,
-deleted).  ``--limit N`` codes only the first N images (quick checks).
+deleted).  ``--limit N`` codes only the first N images (quick checks).  A
+rerun into the same output folder reuses the evaluation of every file whose
+SHA-256 and image list match its earlier results JSON.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from deepcomp import container, evaluation, latent_storage, report, weight_formats, zoo
-from deepcomp.checkpoints import atomic_write_bytes
+from deepcomp.checkpoints import atomic_write_bytes, sha256_file
 from deepcomp.report import csv_text
 from deepcomp.errors import DeepCompError
 from deepcomp.model_file import compress_state_dict, file_info
@@ -164,8 +168,28 @@ def write_files(ckpt: Path, arch: str, quality: int, work: Path, formats, nnc_qp
     return files, ref
 
 
-def evaluate_file(family: str, wf, arch: str, quality: int, images, data: Path, ref, fp32_doc, progress: bool) -> dict:
-    """Read the file back, evaluate its model (or share the fp32 evaluation when the weights are identical)."""
+def earlier_evaluation(path: Path, sha256: str, images) -> list | None:
+    """The per-image results of an earlier run at ``path`` if they are of the same file (SHA-256) on the same images."""
+    if not path.is_file():
+        return None
+    try:
+        doc = evaluation.read_results(path)
+    except DeepCompError:
+        return None
+    per_image = doc.get("per_image") or []
+    if doc.get("model", {}).get("sha256") != sha256 or [r.get("image") for r in per_image] != [Path(i).name for i in images]:
+        return None
+    return per_image
+
+
+def evaluate_file(family: str, wf, arch: str, quality: int, images, data: Path, ref, fp32_doc, progress: bool,
+                  earlier: Path | None = None) -> dict:
+    """Read the file back, evaluate its model (or share the fp32 evaluation when the weights are identical).
+
+    ``earlier``: the results JSON of an earlier run; when it holds the same
+    file (by SHA-256) on the same images, its per-image results are reused
+    instead of coding the images again (``info["evaluation"]`` says so).
+    """
     model, state, load_s = weight_formats.load_model(wf.path, arch, quality)
     exact = weight_formats.same_tensors(OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items()), ref) \
         if ref is not None else False
@@ -176,12 +200,15 @@ def evaluate_file(family: str, wf, arch: str, quality: int, images, data: Path, 
         "file_bytes": wf.path.stat().st_size, "fp32_bytes": evaluation.fp32_checkpoint_bytes(model),
         **evaluation.parameter_stats(model),
         "format": wf.format, "setting": wf.setting, "encode_s": wf.encode_s, "load_s": load_s, "exact": exact,
+        "sha256": sha256_file(wf.path),
     }
     if wf.extra.get("plain_bytes"):
         info["plain_bytes"] = wf.extra["plain_bytes"]
     if exact and fp32_doc is not None:
         per_image = fp32_doc["per_image"]
         info["evaluation"] = "shared with fp32 (identical weights)"
+    elif earlier is not None and (per_image := earlier_evaluation(earlier, info["sha256"], images)) is not None:
+        info["evaluation"] = f"reused from an earlier run of the same file ({earlier.name})"
     else:
         per_image = evaluation.evaluate_model(model, images, progress=progress, desc=f"{family} q{quality}")
     return evaluation.results_document(info, per_image, data, family)
@@ -234,8 +261,10 @@ def family_rows(wrows, bd) -> list[dict]:
     return out
 
 
-def equal_quality(frows, tolerance: float, tolerance_db: float) -> list[dict]:
+def equal_quality(frows, tolerance: float, tolerance_db: float, only: set | None = None) -> list[dict]:
     """For every family that is not deepcomp: the smallest deepcomp family of the same arch at no worse quality.
+
+    ``only``: consider just these deepcomp families (e.g. those made without retraining).
 
     With two or more qualities per family the quality loss is the BD-rate
     (PSNR) against fp32, and "no worse" means at most ``tolerance`` points
@@ -245,7 +274,7 @@ def equal_quality(frows, tolerance: float, tolerance_db: float) -> list[dict]:
     the qualities both families have.
     """
     out = []
-    dc = [f for f in frows if f["group"] == "deepcomp"]
+    dc = [f for f in frows if f["group"] == "deepcomp" and (only is None or f["family"] in only)]
     for f in frows:
         if f["group"] == "deepcomp":
             continue
@@ -309,6 +338,13 @@ def _ratio_words(r: float) -> str:
     if not math.isfinite(r):
         return "n/a"
     return f"{r:.2f}× smaller" if r >= 1 else f"{1 / r:.2f}× larger"
+
+
+def _verdict(eq, who: str) -> str:
+    smaller = [r for r in eq if math.isfinite(r["times_smaller"])]
+    if eq and len(smaller) == len(eq) and all(r["times_smaller"] > 1 for r in smaller):
+        return f"{who} is the smallest at equal quality against every other format"
+    return f"{who} is NOT the smallest at equal quality against every other format (see the table)"
 
 
 def summary_md(eq) -> str:
@@ -394,19 +430,23 @@ def run(args) -> dict:
             files, ref = write_files(ckpt, arch, quality, work, formats, args.nnc_qp, args.deepcomp)
             fp32_doc = None
             for fam, wf in files.items():
-                doc = evaluate_file(fam, wf, arch, quality, images, args.data, ref, fp32_doc, not args.quiet)
+                stem = f"{arch}-q{quality}-{fam}"
+                doc = evaluate_file(fam, wf, arch, quality, images, args.data, ref, fp32_doc, not args.quiet,
+                                    earlier=out / "results" / f"{stem}.json")
                 if fam == ANCHOR:
                     fp32_doc = doc
-                evaluation.write_results(doc, out / "results", f"{arch}-q{quality}-{fam}")
+                evaluation.write_results(doc, out / "results", stem)
                 m = doc["mean"]
                 log(f"  {fam:<24} {wf.file_bytes:>11,} bytes  write {wf.encode_s:6.2f} s  read {doc['model']['load_s']:5.2f} s  "
                     f"bpp {m['bpp']:.4f}  PSNR {m['psnr']:.2f} dB  MS-SSIM {m['ms_ssim']:.4f}"
-                    + ("  (= fp32 bit for bit)" if doc["model"].get("evaluation") else ""))
+                    + (f"  ({'= fp32 bit for bit' if doc['model']['exact'] else 'earlier run'})" if doc["model"].get("evaluation") else ""))
                 docs.append(doc)
         for fam, path, arch, quality in models:
             wf = weight_formats.WeightFile(weight_formats.detect_format(path), path, path.stat().st_size, math.nan, "given")
-            doc = evaluate_file(fam, wf, arch, quality, images, args.data, None, None, not args.quiet)
-            evaluation.write_results(doc, out / "results", f"{arch}-q{quality}-{fam}")
+            stem = f"{arch}-q{quality}-{fam}"
+            doc = evaluate_file(fam, wf, arch, quality, images, args.data, None, None, not args.quiet,
+                                earlier=out / "results" / f"{stem}.json")
+            evaluation.write_results(doc, out / "results", stem)
             log(f"  {fam:<24} {wf.file_bytes:>11,} bytes  (given)  bpp {doc['mean']['bpp']:.4f}  PSNR {doc['mean']['psnr']:.2f} dB")
             docs.append(doc)
         lat = None
@@ -444,16 +484,25 @@ def write_outputs(docs, lat, notes, args, out: Path) -> dict:
         atomic_write_bytes(out / "latents.md", latents_md(lat).encode())
 
     data = f"{args.data} ({'/'.join(map(str, n_images))} images{', first ' + str(args.limit) if args.limit else ''})"
-    smaller = [r for r in eq if math.isfinite(r["times_smaller"])]
-    verdict = ("deepcomp is the smallest at equal quality against every other format"
-               if eq and len(smaller) == len(eq) and all(r["times_smaller"] > 1 for r in smaller) else
-               "deepcomp is NOT the smallest at equal quality against every other format (see the table)")
+    verdict = _verdict(eq, "deepcomp")
+    # deepcomp without retraining (the --deepcomp settings) on its own, when files made elsewhere (--model) are in too
+    plain = {f"deepcomp-{spec}" for spec in args.deepcomp}
+    given = {parse_model(m)[0] for m in args.model}
+    eq_plain = equal_quality(frows, args.tolerance, args.tolerance_db, only=plain) \
+        if plain and any(f["group"] == "deepcomp" and f["family"] in given for f in frows) else None
     s = ["## Deepcomp against other ways to store the model", "",
          f"Images: {data}; real bitstreams. Quality loss against the fp32 file: "
          + ("BD-rate (PSNR) over the qualities" if all(math.isfinite(f["bd_rate_psnr"]) for f in frows) else
             "ΔPSNR and Δbpp at the same quality (one quality: no BD-rate)")
          + f"; \"no worse\": {eq[0]['criterion'] if eq else 'n/a'}.", "",
          summary_md(eq), f"**{verdict}.**", ""]
+    if eq_plain is not None:
+        s += [f"Deepcomp without retraining alone (`--deepcomp` settings: {', '.join(sorted(plain))}; the files above also "
+              f"count the given files: {', '.join(sorted(given))}):", "",
+              summary_md(eq_plain), f"**{_verdict(eq_plain, 'deepcomp without retraining')}.**", ""]
+        atomic_write_bytes(out / "summary_without_retraining.csv", csv_text(eq_plain, SUMMARY_FIELDS).encode())
+    else:
+        (out / "summary_without_retraining.csv").unlink(missing_ok=True)
     if notes:
         s += ["Not run here: " + " ".join(notes), ""]
     if lat is not None:
@@ -475,7 +524,8 @@ def write_outputs(docs, lat, notes, args, out: Path) -> dict:
     log("")
     log(summary)
     log(f"-> {out / 'report.md'}")
-    return {"weights": wrows, "families": frows, "equal_quality": eq, "latents": lat, "paths": paths}
+    return {"weights": wrows, "families": frows, "equal_quality": eq, "equal_quality_without_retraining": eq_plain,
+            "latents": lat, "paths": paths}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,9 +3,12 @@
 import csv
 import json
 import math
+import shutil
 
 import pytest
 import torch
+
+from deepcomp import evaluation
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -115,6 +118,21 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
     with pytest.raises(SystemExit):  # a quality without a baseline is refused
         tool.build_parser().parse_args(["--control", "x"])
     assert tool.main(args + ["--control", "4"]) == 2
+
+    # --controls-only: the pipelines' folders are gone, the final files in OUT/models are kept
+    shutil.rmtree(work / "prune0.5-bits4")
+    mtime = (cdir / "control.pth.tar").stat().st_mtime_ns
+    assert tool.main(args + ["--controls-only"]) == 0
+    assert not (work / "prune0.5-bits4").exists()  # no pipeline ran
+    assert (cdir / "control.pth.tar").stat().st_mtime_ns == mtime  # the finished quality-3 control is reused
+    doc = json.loads((out / "controls.json").read_text())
+    assert [r["quality"] for r in doc["rows"]] == [1, 3] and set(doc["controls"]) == {"1", "3"}
+    final3 = evaluation.read_results(work / "finals" / "prune0.5-bits4" / "q3" / "final.json")
+    r3 = doc["rows"][1]
+    assert r3["final_psnr"] == pytest.approx(final3["mean"]["psnr"]) and r3["control_psnr"] == pytest.approx(doc["controls"]["3"]["psnr"])
+    assert "BD-rate (PSNR)" in (out / "controls.md").read_text()
+    (out / "models" / "bmshj2018-factorized-q1-prune0.5-bits4.dcmp").unlink()
+    assert tool.main(args + ["--controls-only"]) == 2  # a missing final file: one-line error
 
 
 def test_family_rows_against_controls(tool):

@@ -300,7 +300,7 @@ def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) ->
     arch, quality = ck.get("arch"), ck.get("quality")
     if arch is None or quality is None:
         raise DeepCompError(f"{ckpt} does not record its architecture and quality")
-    lmbda = float(ck["lmbda"]) if isinstance(ck.get("lmbda"), (int, float)) else zoo.mse_lambda(int(quality))
+    lmbda = zoo.config_lambda(ck, quality)
     settings = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "steps": steps, "lr": args.lr, "lmbda": lmbda,
                 "batch_size": args.batch_size, "patch_size": args.patch_size, "val_fraction": args.val_fraction,
                 "val_patch": args.val_patch, "data": str(args.data), "eval_data": str(args.eval_data), "images": len(images)}
@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="only the first N evaluation images (quick checks)")
     p.add_argument("--control", type=int, nargs="*", default=None, metavar="Q",
                    help="also train the baselines (all, or only qualities Q) on unpruned for the same steps, as a control")
+    p.add_argument("--controls-only", action="store_true",
+                   help="no pipelines: train the controls (--control, default all qualities) and compare the final files already "
+                        "in OUT/models/ with them (OUT/controls.md, controls.json)")
     p.add_argument("--target-ratio", type=float, default=20.0)
     p.add_argument("--max-bd", type=float, default=2.0)
     p.add_argument("--relaxed-bd", type=float, default=5.0)
@@ -449,11 +452,82 @@ def run(args, argv) -> dict:
     return doc
 
 
+def run_controls_only(args, argv) -> dict:
+    """The controls of a finished headline: each baseline trained on unpruned for as many steps as the retraining
+    and centroid fine-tuning, against the final files in ``OUT/models/`` (evaluated here), as a family BD-rate.
+
+    Run with the headline's own options (so the controls are those a full run with ``--control`` trains, in the
+    same ``--work`` folder) when the pipelines' work folders are gone but the final files are kept.
+    """
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = args.setting or ["prune0.85-bits4"]
+    if len(settings) != 1:
+        raise DeepCompError("--controls-only compares the final files of one --setting")
+    setting = settings[0]
+    parse_setting(setting)
+    qualities = {quality_of(c): c for c in args.checkpoints}
+    images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
+    finals = {q: args.out / "models" / f"bmshj2018-factorized-q{q}-{setting}.dcmp" for q in qualities}
+    missing = [str(f) for f in finals.values() if not f.is_file()]
+    if missing:
+        raise DeepCompError(f"no final file {missing[0]}: run the headline (without --controls-only) first")
+    steps = args.retrain_steps + args.centroid_steps
+    wanted = args.control or sorted(qualities)
+    for q in wanted:
+        if q not in qualities:
+            raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
+    controls = {q: train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images) for q in wanted}
+    rows = []
+    for q in sorted(qualities):
+        out = args.work / "finals" / setting / f"q{q}"
+        jpath = out / "final.json"
+        doc = evaluation.read_results(jpath) if jpath.exists() else None
+        if doc is None or doc["model"].get("file_bytes") != finals[q].stat().st_size or doc["mean"].get("images") != len(images):
+            log(f"[final] q{q}: {finals[q]} on {len(images)} images")
+            evaluation.run_one(str(finals[q]), "final", images, str(args.eval_data), str(out), None, None, setting, True, not args.quiet)
+            doc = evaluation.read_results(jpath)
+        rows.append({"quality": q, "file_bytes": finals[q].stat().st_size,
+                     **{f"final_{k}": doc["mean"][k] for k in ("bpp", "psnr", "ms_ssim")},
+                     **({f"control_{k}": controls[q][k] for k in ("bpp", "psnr", "ms_ssim", "val_loss")} if q in controls else {})})
+    both = [r for r in rows if "control_bpp" in r]
+    ctrl = [{k[8:]: v for k, v in r.items() if k.startswith("control_")} for r in both]
+    fin = [{k[6:]: v for k, v in r.items() if k.startswith("final_")} for r in both]
+    summary = {"setting": setting, "steps": steps, "lr": args.lr, "qualities": [r["quality"] for r in both],
+               "bd_rate_psnr_vs_control": _bd(ctrl, fin, "psnr"), "bd_rate_ms_ssim_vs_control": _bd(ctrl, fin, "ms_ssim"),
+               "bd_psnr_vs_control_db": _bd_psnr(ctrl, fin)}
+    command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
+    lines = [f"# The headline's final files against the controls (`{setting}`)", "",
+             f"Control: each baseline trained on, unpruned, for the {steps} steps of the pipeline's masked retraining and centroid "
+             f"fine-tuning (lr {args.lr:g}, the baseline's λ, the same crops and batches; training photos only). The final files "
+             f"(`models/`) and the controls are coded on `{args.eval_data}` ({len(images)} images, real bitstreams).", "",
+             f"**Family ({' '.join(map(str, summary['qualities']))}) against the controls: BD-rate (PSNR) "
+             f"{_u(summary['bd_rate_psnr_vs_control'], '+.2f', ' %')}, BD-rate (MS-SSIM) {_u(summary['bd_rate_ms_ssim_vs_control'], '+.2f', ' %')}, "
+             f"BD-PSNR {_u(summary['bd_psnr_vs_control_db'], '+.3f', ' dB')}.**", "",
+             "| Quality | Final file | Final bpp / PSNR / MS-SSIM | Control bpp / PSNR / MS-SSIM / val loss | Δ vs control |",
+             "|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ctl = (f"{r['control_bpp']:.4f} / {r['control_psnr']:.2f} dB / {r['control_ms_ssim']:.4f} / {r['control_val_loss']:.4f}"
+               if "control_bpp" in r else "n/a")
+        delta = (f"{100 * (r['final_bpp'] / r['control_bpp'] - 1):+.1f} % bpp / {r['final_psnr'] - r['control_psnr']:+.2f} dB"
+                 if "control_bpp" in r else "n/a")
+        lines.append(f"| {r['quality']} | {human_bytes(r['file_bytes'])} | {r['final_bpp']:.4f} / {r['final_psnr']:.2f} dB / "
+                     f"{r['final_ms_ssim']:.4f} | {ctl} | {delta} |")
+    lines += ["", "Reproduce:", "", f"```sh\n{command}\n```", ""]
+    doc = {"summary": summary, "rows": rows, "controls": controls, "command": command}
+    atomic_write_bytes(args.out / "controls.json", (json.dumps(evaluation._clean(doc), indent=1) + "\n").encode())
+    atomic_write_bytes(args.out / "controls.md", "\n".join(lines).encode())
+    log(f"wrote {args.out / 'controls.md'}")
+    return doc
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        run(args, argv)
+        run_controls_only(args, argv) if args.controls_only else run(args, argv)
     except DeepCompError as exc:
         print(f"headline: error: {exc}", file=sys.stderr)
         return 2

@@ -294,12 +294,15 @@ def plot_sensitivity(table: SensitivityTable, path: str | Path) -> Path:
     path = Path(path)
     top = max(table.bits)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for layer, info in table.layers.items():
+    # one colour per layer in both panels (tab20: distinct for up to 20 layers, then repeated with another line style)
+    cmap = plt.get_cmap("tab20")
+    for i, (layer, info) in enumerate(table.layers.items()):
+        style = {"color": cmap(i % 20), "linestyle": "-" if i < 20 else "--", "marker": "o", "ms": 3}
         if info["prunable"]:
             rs = table.layer_ratios(layer)
-            ax1.plot(rs, [table.delta(layer, r, top) for r in rs], marker="o", ms=3, label=layer)
+            ax1.plot(rs, [table.delta(layer, r, top) for r in rs], label=layer, **style)
         bs = sorted(table.bits)
-        ax2.plot(bs, [table.delta(layer, 0.0, b) for b in bs], marker="o", ms=3, label=layer)
+        ax2.plot(bs, [table.delta(layer, 0.0, b) for b in bs], label=layer, **style)
     ax1.set_xlabel("pruning ratio (magnitude, this layer only)")
     ax1.set_ylabel(f"RD loss increase (base {table.base['loss']:.4f})")
     ax1.set_title(f"pruning, {top}-bit sharing")
@@ -308,6 +311,7 @@ def plot_sensitivity(table: SensitivityTable, path: str | Path) -> Path:
     for ax in (ax1, ax2):
         ax.set_yscale("symlog", linthresh=1e-3)
         ax.grid(True, alpha=0.3)
+    ax1.legend(fontsize=7, ncol=2)
     ax2.legend(fontsize=7, ncol=2)
     fig.suptitle("Per-layer sensitivity on validation crops of the training photos (no retraining)")
     fig.tight_layout()

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Every study result in artifacts/ (what the README shows), one step each or all of them:
+#
+#   bash tools/run.sh bash tools/studies.sh [STEP ...]      # default: every step, in this order
+#
+#   sensitivity  per-layer RD sensitivity of the quality-3 baseline to pruning ratio and bit width on validation
+#                crops of the training photos, and the allocator's per-layer policy for a 20x file
+#                (artifacts/sensitivity/: sensitivity.json/.png, policy.json; ~25 min on one core)
+#   headline     deepcomp pipeline on qualities 1-4 (prune 0.8 in four AGP rounds over 1,000 steps, 4-bit sharing,
+#                200 centroid steps), the family's BD-rate per stage, the quality-1 control (artifacts/headline/;
+#                ~2.5 h on 2 cores)
+#   controls     every quality's control (the baseline trained on, unpruned, for the same 1,200 steps) against the
+#                headline's final files in artifacts/headline/models (artifacts/headline/controls.md; ~25 min a quality)
+#   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
+#                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
+#   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
+#                uniform, fine-tuned, shared and timed (artifacts/structured/; ~1 h)
+#   comparison   gzip/xz/zstd/fp16/int8/NNC against deepcomp without retraining and the headline's files on
+#                qualities 1-4, and LZMA latents against the range coder (artifacts/comparison/; ~40 min; NNC
+#                needs `pip install nncodec`)
+#
+# THREADS (default 2) sets the torch threads; the committed runs used THREADS=1 with two studies side by side.
+# Each step is resumable: the large intermediate files stay in runs/ and a rerun skips what is finished.
+# Training and every analysis read only ../shared/data/train; Kodak is only evaluated.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python}
+THREADS=${THREADS:-2}
+B=artifacts/bmshj2018-factorized
+FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
+HEADLINE=(--setting prune0.8-bits4 --retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
+          -o artifacts/headline --work runs/headline2)
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity headline controls parts structured comparison)
+for step in "${steps[@]}"; do
+  case "$step" in
+    sensitivity)
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/sensitivity-q3 --target-ratio 20 --stop-after policy \
+        --threads "$THREADS" --quiet
+      mkdir -p artifacts/sensitivity
+      cp runs/sensitivity-q3/sensitivity.json runs/sensitivity-q3/sensitivity.png runs/sensitivity-q3/policy.json \
+        artifacts/sensitivity/ ;;
+    headline)
+      "$PY" tools/headline.py "${FAMILY[@]}" "${HEADLINE[@]}" --control 1 --threads "$THREADS" --quiet ;;
+    controls)
+      "$PY" tools/headline.py "${FAMILY[@]}" "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
+    parts)
+      "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
+        --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
+    structured)
+      "$PY" tools/structured_pruning.py $B-q3.pth.tar -o artifacts/structured --targets 0.25 0.5 --cost macs --uniform \
+        --finetune-steps 500 --batch-size 8 --patch-size 128 --bits 8 --threads "$THREADS" --quiet ;;
+    comparison)
+      models=()
+      for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-prune0.8-bits4.dcmp"); done
+      "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
+        --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity headline controls parts structured comparison)" >&2; exit 2 ;;
+  esac
+done

@@ -382,6 +382,16 @@ def test_structured_pruning_tool_tiny_run(small_ckpt, photos, tmp_path):
     tool.run(tool.parse_args(argv), log=logs.append)
     assert (out / "models" / "alloc-macs0.30.pth.tar").stat().st_mtime_ns == stamp and any("done before" in s for s in logs)
 
+    # --control: the unpruned baseline fine-tuned the same way, as a row of its own; the rest is reused
+    res = tool.run(tool.parse_args(argv + ["--control"]), log=lambda s: None)
+    rows = {(r["model"], r["storage"]): r for r in res["rows"]}
+    assert len(rows) == 8 and (out / "models" / "alloc-macs0.30.pth.tar").stat().st_mtime_ns == stamp
+    ctrl = rows[("control", "pth")]
+    assert ctrl["params"] == base["params"] and ctrl["removed_macs"] == pytest.approx(0.0) and ctrl["val_loss_finetuned"] is not None
+    from deepcomp.checkpoints import read_state_dict
+    trained, before = read_state_dict(out / "models" / "control.pth.tar"), read_state_dict(small_ckpt)
+    assert not torch.equal(trained["g_a.0.weight"], before["g_a.0.weight"])  # fine-tuned, not a copy
+
 
 def test_pipeline_takes_a_thinner_checkpoint(small_ckpt, photos, tmp_path):
     """Deep Compression after channel pruning: every stage rebuilds the thinner model, the final file records its widths."""

@@ -55,6 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--targets", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="fractions of the cost to remove")
     p.add_argument("--cost", choices=("macs", "params"), default="macs")
     p.add_argument("--uniform", action="store_true", help="also one ratio for every group at each target")
+    p.add_argument("--control", action="store_true",
+                   help="also fine-tune the unpruned baseline the same way (the 'control' row: what the extra training alone gives)")
     p.add_argument("--groups", nargs="+", default=None, help="only these channel groups (default: all)")
     p.add_argument("--importance", choices=("activation", "l1", "l1-product"), default="activation")
     p.add_argument("--sens-ratios", type=float, nargs="+", default=[0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875])
@@ -158,6 +160,18 @@ def run(args: argparse.Namespace, log=print) -> dict:
                                        args.batch_size, args.patch_size, args.val_every, args.seed,
                                        record={"settings": settings, "allocation": alloc.to_json()}, macs=macs, progress=progress, log=log)
             pruned.append((name, kind, target, path))
+
+    if args.control and args.finetune_steps > 0:  # no channel removed, fine-tuned like the others
+        path = out / "models" / "control.pth.tar"
+        settings = _settings(args, "control", 0.0)
+        if _recorded(path).get("settings") == settings:
+            log(f"{path.name}: done before")
+        else:
+            log(f"control: the unpruned baseline, fine-tuned for {args.finetune_steps} steps like the pruned models")
+            structured.make_pruned(source, {}, path, scores, args.importance, data, args.finetune_steps, args.lr, args.batch_size,
+                                   args.patch_size, args.val_every, args.seed, record={"settings": settings}, macs=macs,
+                                   progress=progress, log=log)
+        pruned.insert(0, ("control", "control", None, path))
 
     # 3. sharing + Huffman
     models = [("baseline", "baseline", None, Path(args.checkpoint))] + pruned

@@ -14,7 +14,7 @@
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
-#                uniform, fine-tuned, shared and timed (artifacts/structured/; ~1 h)
+#                uniform, fine-tuned, shared and timed, with the unpruned baseline fine-tuned as long (control) (artifacts/structured/; ~1 h)
 #   comparison   gzip/xz/zstd/fp16/int8/NNC against deepcomp without retraining and the headline's files on
 #                qualities 1-4, and LZMA latents against the range coder (artifacts/comparison/; ~40 min; NNC
 #                needs `pip install nncodec`)
@@ -48,7 +48,7 @@ for step in "${steps[@]}"; do
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
     structured)
-      "$PY" tools/structured_pruning.py $B-q3.pth.tar -o artifacts/structured --targets 0.25 0.5 --cost macs --uniform \
+      "$PY" tools/structured_pruning.py $B-q3.pth.tar -o artifacts/structured --targets 0.25 0.5 --cost macs --uniform --control \
         --finetune-steps 500 --batch-size 8 --patch-size 128 --bits 8 --threads "$THREADS" --quiet ;;
     comparison)
       models=()

@@ -6,6 +6,8 @@
 #   sensitivity  per-layer RD sensitivity of the quality-3 baseline to pruning ratio and bit width on validation
 #                crops of the training photos, and the allocator's per-layer policy for a 20x file
 #                (artifacts/sensitivity/: sensitivity.json/.png, policy.json; ~25 min on one core)
+#   allocated    deepcomp pipeline on quality 3 with that allocated 20x policy, retrained like the headline
+#                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores)
 #   headline     deepcomp pipeline on qualities 1-4 (prune 0.8 in four AGP rounds over 1,000 steps, 4-bit sharing,
 #                200 centroid steps), the family's BD-rate per stage, the quality-1 control (artifacts/headline/;
 #                ~2.5 h on 2 cores)
@@ -31,7 +33,7 @@ FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
 HEADLINE=(--setting prune0.8-bits4 --retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
           -o artifacts/headline --work runs/headline2)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(sensitivity headline controls parts structured comparison)
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
@@ -40,6 +42,12 @@ for step in "${steps[@]}"; do
       mkdir -p artifacts/sensitivity
       cp runs/sensitivity-q3/sensitivity.json runs/sensitivity-q3/sensitivity.png runs/sensitivity-q3/policy.json \
         artifacts/sensitivity/ ;;
+    allocated)
+      mkdir -p runs/alloc20-q3
+      [ -f runs/alloc20-q3/sensitivity.json ] || cp artifacts/sensitivity/sensitivity.json runs/alloc20-q3/
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/alloc20-q3 --target-ratio 20 --retrain-steps 1000 --prune-rounds 4 \
+        --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
+      cp runs/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md ;;
     headline)
       "$PY" tools/headline.py "${FAMILY[@]}" "${HEADLINE[@]}" --control 1 --threads "$THREADS" --quiet ;;
     controls)
@@ -55,6 +63,6 @@ for step in "${steps[@]}"; do
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-prune0.8-bits4.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
-    *) echo "tools/studies.sh: unknown step '$step' (sensitivity headline controls parts structured comparison)" >&2; exit 2 ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls parts structured comparison)" >&2; exit 2 ;;
   esac
 done

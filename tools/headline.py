@@ -72,6 +72,22 @@ def quality_of(path: Path) -> int:
     return q
 
 
+def qualities_of(checkpoints) -> dict[int, Path]:
+    """{quality: checkpoint}; two checkpoints of one quality are refused."""
+    qualities: dict[int, Path] = {}
+    for c in checkpoints:
+        q = quality_of(c)
+        if q in qualities:
+            raise DeepCompError(f"two checkpoints of quality {q}: {qualities[q]} and {c}")
+        qualities[q] = c
+    return qualities
+
+
+def final_name(quality: int, setting: str) -> str:
+    """The name of a setting's final file in ``OUT/models/``."""
+    return f"bmshj2018-factorized-q{quality}-{setting}.dcmp"
+
+
 def _bd(anchor: list[dict], test: list[dict], metric: str) -> float:
     """BD-rate of ``test`` against ``anchor`` (rows with bpp and the metric), NaN when undefined."""
     if len(anchor) < 2 or len(test) < 2:
@@ -93,6 +109,16 @@ def _bd_psnr(anchor: list[dict], test: list[dict]) -> float:
         return report.bd_psnr([r["bpp"] for r in anchor], [r["psnr"] for r in anchor], [r["bpp"] for r in test], [r["psnr"] for r in test])
     except Exception:
         return math.nan
+
+
+def train_controls(args, qualities: dict[int, Path], images: list[str]) -> dict[int, dict]:
+    """The controls of ``--control`` (the qualities given, or all), each trained for the retraining's plus the centroid steps."""
+    steps = args.retrain_steps + args.centroid_steps
+    wanted = args.control or sorted(qualities)
+    for q in wanted:
+        if q not in qualities:
+            raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
+    return {q: train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images) for q in wanted}
 
 
 def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int], controls: dict[int, dict] | None = None) -> list[dict]:
@@ -376,21 +402,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args, argv) -> dict:
-    import torch
-
     from deepcomp.pipeline import PipelineConfig, run_pipeline
     from deepcomp.policy import Policy
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = args.setting or ["prune0.85-bits4"]
     parsed = {s: parse_setting(s) for s in settings}
-    qualities = {}
-    for c in args.checkpoints:
-        q = quality_of(c)
-        if q in qualities:
-            raise DeepCompError(f"two checkpoints of quality {q}: {qualities[q]} and {c}")
-        qualities[q] = c
+    qualities = qualities_of(args.checkpoints)
     images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
     # the baselines are evaluated once and shared by every setting's pipeline
     base_dir = args.work / "baselines"
@@ -417,13 +434,7 @@ def run(args, argv) -> dict:
             log(f"[{setting}] quality {q}: pipeline in {out}")
             run_pipeline(c, out, cfg, args.data, args.eval_data, eval_limit=args.eval_limit, progress=not args.quiet, log=log)
             per_setting[setting][q] = json.loads((out / "stages.json").read_text())
-    controls: dict[int, dict] = {}
-    if args.control is not None:
-        steps = args.retrain_steps + args.centroid_steps
-        for q in args.control or sorted(qualities):
-            if q not in qualities:
-                raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
-            controls[q] = train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images)
+    controls = train_controls(args, qualities, images) if args.control is not None else {}
     ckpt_bytes = {q: c.stat().st_size for q, c in qualities.items()}
     rows = [r for s, per_q in per_setting.items() for r in family_rows(s, per_q, ckpt_bytes, controls)]
     choice = pick(rows, args.target_ratio, args.max_bd, args.relaxed_bd)
@@ -441,7 +452,7 @@ def run(args, argv) -> dict:
         for old in (out / "models").glob("*.dcmp"):
             old.unlink()
         for q in per_setting[kept]:
-            shutil.copyfile(args.work / kept / f"q{q}" / "final.dcmp", out / "models" / f"bmshj2018-factorized-q{q}-{kept}.dcmp")
+            shutil.copyfile(args.work / kept / f"q{q}" / "final.dcmp", out / "models" / final_name(q, kept))
     atomic_write_bytes(out / "headline.csv", csv_text(rows, FIELDS).encode())
     doc = {"rows": rows, "choice": choice, "controls": controls, "command": command, "images": len(images), "eval_data": str(args.eval_data),
            "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}
@@ -459,28 +470,20 @@ def run_controls_only(args, argv) -> dict:
     Run with the headline's own options (so the controls are those a full run with ``--control`` trains, in the
     same ``--work`` folder) when the pipelines' work folders are gone but the final files are kept.
     """
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = args.setting or ["prune0.85-bits4"]
     if len(settings) != 1:
         raise DeepCompError("--controls-only compares the final files of one --setting")
     setting = settings[0]
     parse_setting(setting)
-    qualities = {quality_of(c): c for c in args.checkpoints}
+    qualities = qualities_of(args.checkpoints)
     images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
-    finals = {q: args.out / "models" / f"bmshj2018-factorized-q{q}-{setting}.dcmp" for q in qualities}
+    finals = {q: args.out / "models" / final_name(q, setting) for q in qualities}
     missing = [str(f) for f in finals.values() if not f.is_file()]
     if missing:
         raise DeepCompError(f"no final file {missing[0]}: run the headline (without --controls-only) first")
     steps = args.retrain_steps + args.centroid_steps
-    wanted = args.control or sorted(qualities)
-    for q in wanted:
-        if q not in qualities:
-            raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
-    controls = {q: train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images) for q in wanted}
-    rows = []
+    controls = train_controls(args, qualities, images)
+    rows, means = [], {}
     for q in sorted(qualities):
         out = args.work / "finals" / setting / f"q{q}"
         jpath = out / "final.json"
@@ -489,13 +492,13 @@ def run_controls_only(args, argv) -> dict:
             log(f"[final] q{q}: {finals[q]} on {len(images)} images")
             evaluation.run_one(str(finals[q]), "final", images, str(args.eval_data), str(out), None, None, setting, True, not args.quiet)
             doc = evaluation.read_results(jpath)
+        means[q] = doc["mean"]
         rows.append({"quality": q, "file_bytes": finals[q].stat().st_size,
                      **{f"final_{k}": doc["mean"][k] for k in ("bpp", "psnr", "ms_ssim")},
                      **({f"control_{k}": controls[q][k] for k in ("bpp", "psnr", "ms_ssim", "val_loss")} if q in controls else {})})
-    both = [r for r in rows if "control_bpp" in r]
-    ctrl = [{k[8:]: v for k, v in r.items() if k.startswith("control_")} for r in both]
-    fin = [{k[6:]: v for k, v in r.items() if k.startswith("final_")} for r in both]
-    summary = {"setting": setting, "steps": steps, "lr": args.lr, "qualities": [r["quality"] for r in both],
+    both = sorted(controls)
+    ctrl, fin = [controls[q] for q in both], [means[q] for q in both]
+    summary = {"setting": setting, "steps": steps, "lr": args.lr, "qualities": both,
                "bd_rate_psnr_vs_control": _bd(ctrl, fin, "psnr"), "bd_rate_ms_ssim_vs_control": _bd(ctrl, fin, "ms_ssim"),
                "bd_psnr_vs_control_db": _bd_psnr(ctrl, fin)}
     command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
@@ -527,6 +530,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         run_controls_only(args, argv) if args.controls_only else run(args, argv)
     except DeepCompError as exc:
         print(f"headline: error: {exc}", file=sys.stderr)

@@ -21,17 +21,28 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return v
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
     cfg = TrainConfig(
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, steps=args.steps,
-        batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr,
+        batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr if args.lr is not None else TrainConfig.lr,
         val_every=args.val_every, seed=args.seed, threads=args.threads,
     )
     if args.init is not None and args.resume is not None:
         raise DeepCompError("give --init or --resume, not both")
-    train(cfg, args.data, args.out, init=args.init, resume=args.resume, progress=not args.quiet)
+    train(cfg, args.data, args.out, init=args.init, resume=args.resume, progress=not args.quiet,
+          time_limit=args.minutes * 60 if args.minutes is not None else None, override_lr=args.lr is not None)
     return 0
 
 
@@ -261,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, default=1000, help="total steps (a resumed run continues to this)")
     t.add_argument("--batch-size", type=_positive_int, default=8)
     t.add_argument("--patch-size", type=_positive_int, default=256)
-    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate (default 1e-4; a resumed run keeps the one it had reached unless given)")
+    t.add_argument("--minutes", type=_positive_float, default=None,
+                   help="stop after this much training time, with a checkpoint; a rerun continues")
     t.add_argument("--val-every", type=_positive_int, default=500)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=_positive_int, default=None)

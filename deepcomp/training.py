@@ -163,11 +163,16 @@ def train_steps(
     checkpoint_every: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    time_limit: float | None = None,
+    set_lr: float | None = None,
 ) -> dict:
     """Run training from ``state["step"]`` up to ``cfg.steps``.
 
     ``state`` holds the optimisers' and scheduler's states and the history;
     it is updated in place and returned, so a caller can checkpoint and resume.
+    ``time_limit`` (seconds) ends the run early, after a validation and a
+    checkpoint, at the first step past it; a later call continues from there.
+    ``set_lr`` replaces the learning rate a resumed state carries.
     """
     from tqdm import tqdm
 
@@ -187,6 +192,10 @@ def train_steps(
         if last and not state.get("optimizer"):
             for group, lr in zip(opt.param_groups, last):
                 group["lr"] = lr
+    if set_lr is not None:
+        for group in opt.param_groups:
+            group["lr"] = set_lr
+        sched._last_lr = [set_lr] * len(opt.param_groups)
     state.setdefault("step", 0)
     state.setdefault("history", [])
     device_masks = {k: v.to(device) for k, v in masks.items()} if masks else None
@@ -194,6 +203,7 @@ def train_steps(
     model.train()
     bar = tqdm(total=cfg.steps, initial=state["step"], disable=not progress, desc=f"train {cfg.arch} q{cfg.quality}", unit="step", dynamic_ncols=True)
     t0 = time.time()
+    deadline = time.monotonic() + time_limit if time_limit is not None else None
     run = {"loss": 0.0, "bpp": 0.0, "mse": 0.0, "n": 0}
     while state["step"] < cfg.steps:
         x = sampler.batch(cfg.batch_size).to(device)
@@ -218,7 +228,8 @@ def train_steps(
         bar.update(1)
         if run["n"] and state["step"] % 20 == 0:
             bar.set_postfix(loss=f"{run['loss'] / run['n']:.3f}", bpp=f"{run['bpp'] / run['n']:.3f}", psnr=f"{psnr_from_mse(run['mse'] / run['n']):.2f}")
-        done = state["step"] >= cfg.steps
+        out_of_time = deadline is not None and time.monotonic() >= deadline
+        done = state["step"] >= cfg.steps or out_of_time
         if val_crops is not None and (state["step"] % cfg.val_every == 0 or done):
             v = evaluate_rd(model, val_crops, lmbda)
             sched.step(v["loss"])
@@ -243,6 +254,9 @@ def train_steps(
             state["seconds"] = state.get("seconds", 0.0) + time.time() - t0
             t0 = time.time()
             on_checkpoint(state)
+        if out_of_time:
+            log(f"time limit reached at step {state['step']} of {cfg.steps}; a rerun continues from the checkpoint")
+            break
     bar.close()
     return state
 
@@ -279,6 +293,8 @@ def train(
     resume: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    time_limit: float | None = None,
+    override_lr: bool = False,
 ) -> Path:
     """Train (or resume) a CompressAI model; checkpoints go to ``out``.
 
@@ -288,6 +304,9 @@ def train(
     checkpoint (e.g. a committed baseline, whose step, history and learning
     rate it carries); ``init`` seeds a new run with another checkpoint's
     weights only (e.g. a long quality-3 run for other lambdas).
+    A resumed run keeps the learning rate it had reached unless ``override_lr``
+    (then ``cfg.lr`` replaces it); ``time_limit`` (seconds) stops it early
+    with a checkpoint (see :func:`train_steps`).
     """
     from .checkpoints import read_state_dict
 
@@ -319,7 +338,8 @@ def train(
         cpu_sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         write_checkpoint(out, {"state_dict": cpu_sd, "train_state": st, "config": asdict(cfg), "device": str(device)})
 
-    train_steps(model, sampler, cfg, state, val_crops=val, on_checkpoint=save, checkpoint_every=cfg.val_every, progress=progress, log=log)
+    train_steps(model, sampler, cfg, state, val_crops=val, on_checkpoint=save, checkpoint_every=cfg.val_every, progress=progress, log=log,
+                time_limit=time_limit, set_lr=cfg.lr if override_lr else None)
     return out
 
 

@@ -87,7 +87,8 @@ def test_bad_input_is_one_line_error(argv, message, random_checkpoint, good_file
 
 
 def test_bad_option_values_exit_nonzero(capsys):
-    for argv in (["compress", "x", "-o", "y", "--prune", "1.5"], ["compress", "x", "-o", "y", "--bits", "0"], ["nonsense"]):
+    for argv in (["compress", "x", "-o", "y", "--prune", "1.5"], ["compress", "x", "-o", "y", "--bits", "0"], ["nonsense"],
+                 ["train", "-o", "y", "--minutes", "0"], ["train", "-o", "y", "--lr", "fast"]):
         with pytest.raises(SystemExit) as exc:
             cli.main(argv)
         assert exc.value.code != 0

@@ -87,3 +87,25 @@ def test_masks_hold_pruned_weights_at_zero(photos):
 def test_missing_data_is_clear(tmp_path):
     with pytest.raises(DeepCompError, match="image folder not found"):
         training.train(cfg(1), tmp_path / "nope", tmp_path / "x.pth.tar", progress=False)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_rerun_continues(photos, tmp_path):
+    out = tmp_path / "run.pth.tar"
+    logs = []
+    training.train(cfg(50), photos, out, progress=False, log=logs.append, time_limit=0.0)
+    st = torch.load(out, weights_only=True)["train_state"]
+    assert st["step"] == 1 and st["history"][-1]["step"] == 1  # validated and saved where it stopped
+    assert any("time limit reached at step 1 of 50" in line for line in logs)
+    training.train(cfg(3), photos, out, progress=False, log=logs.append)
+    assert torch.load(out, weights_only=True)["train_state"]["step"] == 3
+
+
+def test_resumed_run_keeps_its_learning_rate_unless_one_is_given(photos, tmp_path):
+    out = tmp_path / "run.pth.tar"
+    training.train(cfg(2), photos, out, progress=False, log=lambda _: None)
+    kept, given = tmp_path / "kept.pth.tar", tmp_path / "given.pth.tar"
+    slow = training.TrainConfig(steps=4, batch_size=2, patch_size=64, val_every=2, val_fraction=0.25, threads=1, lr=3e-5)
+    training.train(slow, photos, kept, resume=out, progress=False, log=lambda _: None)
+    training.train(slow, photos, given, resume=out, progress=False, log=lambda _: None, override_lr=True)
+    assert torch.load(kept, weights_only=True)["train_state"]["history"][-1]["lr"] == pytest.approx(1e-4)
+    assert torch.load(given, weights_only=True)["train_state"]["history"][-1]["lr"] == pytest.approx(3e-5)

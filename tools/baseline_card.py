@@ -1,6 +1,6 @@
 """Model cards for the baselines in artifacts/: training facts and Kodak results.
 
-    .venv/bin/python tools/baseline_card.py artifacts/bmshj2018-factorized-q*.pth.tar [--data ../shared/data/kodak]
+    bash tools/run.sh python tools/baseline_card.py artifacts/bmshj2018-factorized-q*.pth.tar [--data ../shared/data/kodak]
 
 For each checkpoint (written by `deepcomp train` + `training.export_baseline`)
 it evaluates Kodak with real bitstreams (compress/decompress) and writes
@@ -26,7 +26,7 @@ import torch
 from deepcomp import evaluation, report, zoo
 from deepcomp.checkpoints import atomic_write_bytes
 
-COMMAND = ".venv/bin/python tools/baseline_card.py {paths} --data {data}"
+COMMAND = "bash tools/run.sh python tools/baseline_card.py {paths} --data {data}"
 
 
 def published_gap(arch: str, bpp: float, psnr: float) -> dict:
@@ -41,6 +41,24 @@ def published_gap(arch: str, bpp: float, psnr: float) -> dict:
     out["psnr_gap_db_at_same_bpp"] = float(psnr - np.interp(lb, lr, ps)) if lr[0] <= lb <= lr[-1] else None
     out["bpp_gap_pct_at_same_psnr"] = float(100 * (bpp / math.exp(np.interp(psnr, ps, lr)) - 1)) if ps[0] <= psnr <= ps[-1] else None
     return out
+
+
+def lr_schedule(history: list[dict]) -> list[list]:
+    """The learning rates a run trained at, as ``[lr, last step]`` pieces, from its validation history."""
+    pieces: list[list] = []
+    for h in history:
+        if pieces and pieces[-1][0] == h["lr"]:
+            pieces[-1][1] = h["step"]
+        else:
+            pieces.append([h["lr"], h["step"]])
+    return pieces
+
+
+def schedule_text(f: dict) -> str:
+    pieces = f.get("learning_rate_schedule") or []
+    if len(pieces) < 2:
+        return f"{f['learning_rate']} → {f['final_learning_rate']} (halved on validation plateaus)"
+    return ", then ".join(f"{lr:g} to step {step}" for lr, step in pieces) + " (validation plateaus halve it; a final low-rate phase is given with --lr)"
 
 
 def card(path: Path, data: Path, out_dir: Path) -> dict:
@@ -63,6 +81,7 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "patch_size": cfg.get("patch_size"),
         "learning_rate": cfg.get("lr"),
         "final_learning_rate": history[-1]["lr"] if history else None,
+        "learning_rate_schedule": lr_schedule(history),
         "device": ckpt.get("device"),
         "training_seconds": state.get("seconds"),
         "init": state.get("init"),
@@ -98,7 +117,7 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
             src += f", {init['seconds'] / 3600:.2f} h)" if init.get("seconds") else ")"
         lines.append(f"| initialised from | {src}; the steps above are this run's own |")
     lines += [
-        f"| learning rate | {f['learning_rate']} → {f['final_learning_rate']} (halved on validation plateaus) |",
+        f"| learning rate | {schedule_text(f)} |",
         f"| device, wall time | {f['device']}, {hours:.2f} h |" if hours is not None else f"| device | {f['device']} |",
     ]
     if f["last_validation"]:

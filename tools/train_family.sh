@@ -3,21 +3,46 @@
 # (they share N=128, M=192), each with its own CompressAI lambda, then exported next to it with
 # model cards for all five (Kodak, real bitstreams; family BD-rate against CompressAI's published curve).
 #
-#   bash tools/train_family.sh [STEPS]      # default 600 steps each; resumable: a rerun on the same quality-3
-#                                           # baseline continues runs/family/*, a newer baseline starts afresh
+#   bash tools/run.sh bash tools/train_family.sh [STEPS]   # default 600 steps each at lr 1e-4, then ANNEAL steps at ANNEAL_LR;
+#                                           # resumable: a rerun on the same quality-3 baseline continues
+#                                           # runs/family/*, a newer baseline starts afresh
+#   ANNEAL=200 ANNEAL_LR=1e-5               # the final low-learning-rate steps (0: none); see docs/TRAINING.md
+#   JOBS=2 THREADS=1                        # qualities trained side by side (logs in runs/family/q*.log)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS=${1:-600}
+ANNEAL=${ANNEAL:-200}
+ANNEAL_LR=${ANNEAL_LR:-1e-5}
+JOBS=${JOBS:-1}
 BASE=${BASE:-artifacts/bmshj2018-factorized-q3.pth.tar}
-PY=${PY:-.venv/bin/python}
+PY=${PY:-python}
 mkdir -p runs/family
 BASE_STEP=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['train_state']['step'])" "$BASE")
-for q in ${QUALITIES:-1 2 4 5}; do
-  run="runs/family/q$q-from-q3-step$BASE_STEP.train.pth.tar"
-  "$PY" -m deepcomp.cli train --quality "$q" --init "$BASE" -o "$run" \
-    --steps "$STEPS" --batch-size 8 --patch-size 128 --val-every 200 ${THREADS:+--threads $THREADS}
+
+fine_tune() {
+  local q=$1 run="runs/family/q$1-from-q3-step$BASE_STEP.train.pth.tar"
+  local common=(--quality "$q" -o "$run" --batch-size 8 --patch-size 128 --val-every 200 ${THREADS:+--threads $THREADS})
+  "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --steps "$STEPS"
+  if [ "$ANNEAL" -gt 0 ]; then
+    "$PY" -m deepcomp.cli train "${common[@]}" --steps $((STEPS + ANNEAL)) --lr "$ANNEAL_LR"
+  fi
   "$PY" -m deepcomp.cli export "$run" -o "artifacts/bmshj2018-factorized-q$q.pth.tar"
+}
+
+running=()
+for q in ${QUALITIES:-1 2 4 5}; do
+  if [ "$JOBS" -le 1 ]; then
+    fine_tune "$q"
+    continue
+  fi
+  fine_tune "$q" > "runs/family/q$q.log" 2>&1 &
+  running+=($!)
+  if [ ${#running[@]} -ge "$JOBS" ]; then
+    wait "${running[0]}"
+    running=("${running[@]:1}")
+  fi
 done
+for pid in "${running[@]}"; do wait "$pid"; done
 "$PY" tools/baseline_card.py artifacts/bmshj2018-factorized-q[1-5].pth.tar --data ../shared/data/kodak

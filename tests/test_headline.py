@@ -70,7 +70,7 @@ def test_family_bd_rate_of_identical_curves_is_zero(tool):
     assert rows["huffman"]["min_ratio_vs_checkpoint_file"] == pytest.approx(110 / 5)
 
 
-def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
+def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path, capsys):
     photos = synthetic_photos
     from deepcomp import zoo
 
@@ -131,6 +131,17 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path):
     r3 = doc["rows"][1]
     assert r3["final_psnr"] == pytest.approx(final3["mean"]["psnr"]) and r3["control_psnr"] == pytest.approx(doc["controls"]["3"]["psnr"])
     assert "BD-rate (PSNR)" in (out / "controls.md").read_text()
+
+    # a control that ends as the pipeline does: the centroid steps at the centroid learning rate, in a folder of its own
+    capsys.readouterr()
+    assert tool.main(args + ["--controls-only", "--control", "3", "--control-schedule", "matched", "--centroid-lr", "1e-6"]) == 0
+    mdir = tool.control_dir(work, 3, 1e-5, [(2, 1e-5), (3, 1e-6)]) / "q3"
+    assert mdir != cdir and json.loads((mdir / "record.json").read_text())["settings"]["phases"] == [[2, 1e-5], [3, 1e-6]]
+    err = capsys.readouterr().err
+    assert "step 2: " in err and "lr 1.00e-05" in err.split("step 2: ")[1].splitlines()[0]
+    assert "step 3: " in err and "lr 1.00e-06" in err.split("step 3: ")[1].splitlines()[0]
+    assert "the last 1 at 1e-06" in (out / "controls.md").read_text()
+    assert json.loads((out / "controls.json").read_text())["summary"]["control_phases"] == [[2, 1e-5], [3, 1e-6]]
     (out / "models" / "bmshj2018-factorized-q1-prune0.5-bits4.dcmp").unlink()
     assert tool.main(args + ["--controls-only"]) == 2  # a missing final file: one-line error
 

@@ -118,7 +118,8 @@ def train_controls(args, qualities: dict[int, Path], images: list[str]) -> dict[
     for q in wanted:
         if q not in qualities:
             raise DeepCompError(f"--control {q}: no baseline of quality {q} given")
-    return {q: train_control(qualities[q], control_dir(args.work, steps, args.lr) / f"q{q}", steps, args, images) for q in wanted}
+    cdir = control_dir(args.work, steps, args.lr, control_phases(args))
+    return {q: train_control(qualities[q], cdir / f"q{q}", steps, args, images) for q in wanted}
 
 
 def family_rows(setting: str, per_quality: dict[int, dict], ckpt_bytes: dict[int, int], controls: dict[int, dict] | None = None) -> list[dict]:
@@ -174,11 +175,11 @@ def _control_delta(table: dict, control: dict) -> str:
     return f"{100 * (f['bpp'] / control['bpp'] - 1):+.1f} % bpp, {f['psnr'] - control['psnr']:+.2f} dB"
 
 
-def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr: float) -> list[str]:
+def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr_text: str) -> list[str]:
     """The control section: what the same extra training gives the unpruned baselines."""
     lines = ["## Control: the baselines trained on unpruned", "",
              f"The baselines are not trained to convergence, so masked retraining also trains them further. The control trains each "
-             f"baseline for the same {steps} steps (the retraining's plus the centroid fine-tuning's) at lr {lr:g}, with the same λ, "
+             f"baseline for the same {steps} steps (the retraining's plus the centroid fine-tuning's) {lr_text}, with the same λ, "
              "crops and batches, and no mask. *Δ vs control*: the final file against the control of the same quality "
              "(bpp in %, PSNR in dB). *Val RD loss*: on the validation split of the training photos.", "",
              "| Setting | Quality | Baseline bpp / PSNR / val loss | Control bpp / PSNR / val loss | Final bpp / PSNR / val loss | Δ vs control |",
@@ -265,7 +266,7 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
                          f"{f['bpp']:.4f} | {f['psnr']:.2f} dB | {f['ms_ssim']:.4f} |")
     lines.append("")
     if controls:
-        lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, args.lr)
+        lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, "at " + control_lr_text(args))
     kept = shipped_setting(rows, choice)
     if kept is not None:
         lines += [f"The final files of `{kept}` are in `models/`.", ""]
@@ -298,8 +299,25 @@ def plot(per_setting, path: Path, controls: dict[int, dict] | None = None) -> No
 
 
 # ---------------------------------------------------------------- the control
-def control_dir(work: Path, steps: int, lr: float) -> Path:
-    return work / f"control-{steps}steps-lr{lr:g}"
+def control_phases(args) -> list[tuple[int, float]]:
+    """The control's learning rate by phase, as ``(last step, lr)``: all steps at ``--lr`` (flat), or, matched,
+    the retraining's steps at ``--lr`` and the centroid fine-tuning's at ``--centroid-lr``, as the pipeline ends."""
+    steps = args.retrain_steps + args.centroid_steps
+    if args.control_schedule == "matched" and args.centroid_steps > 0 and args.centroid_lr != args.lr:
+        return [(args.retrain_steps, args.lr), (steps, args.centroid_lr)]
+    return [(steps, args.lr)]
+
+
+def control_lr_text(args) -> str:
+    phases = control_phases(args)
+    if len(phases) == 1:
+        return f"lr {args.lr:g}"
+    return f"lr {args.lr:g}, the last {args.centroid_steps} at {args.centroid_lr:g} as the pipeline's centroid fine-tuning"
+
+
+def control_dir(work: Path, steps: int, lr: float, phases: list[tuple[int, float]] | None = None) -> Path:
+    tail = "".join(f"-then{plr:g}from{start}" for (start, _), (_, plr) in zip(phases or [], (phases or [])[1:]))
+    return work / f"control-{steps}steps-lr{lr:g}{tail}"
 
 
 def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) -> dict:
@@ -330,6 +348,9 @@ def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) ->
     settings = {"checkpoint": str(ckpt), "sha256": sha256_file(ckpt), "steps": steps, "lr": args.lr, "lmbda": lmbda,
                 "batch_size": args.batch_size, "patch_size": args.patch_size, "val_fraction": args.val_fraction,
                 "val_patch": args.val_patch, "data": str(args.data), "eval_data": str(args.eval_data), "images": len(images)}
+    phases = control_phases(args)
+    if len(phases) > 1:
+        settings["phases"] = [list(ph) for ph in phases]
     rec = json.loads(rec_path.read_text()) if rec_path.exists() else {}
     if rec.get("settings") == settings and rec.get("done"):
         return rec
@@ -344,18 +365,25 @@ def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) ->
     else:
         zoo.assign_weights(model, read_state_dict(ckpt), "control")
         atomic_write_bytes(rec_path, (json.dumps({"settings": settings, "done": False}, indent=1) + "\n").encode())
-        log(f"[control] q{quality}: {steps} steps of unpruned training, lr {args.lr:g}, lambda {lmbda:g}")
+        log(f"[control] q{quality}: {steps} steps of unpruned training, {control_lr_text(args)}, lambda {lmbda:g}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
-    cfg = TrainConfig(arch=arch, quality=quality, lmbda=lmbda, steps=steps, batch_size=args.batch_size, patch_size=args.patch_size,
-                      lr=args.lr, val_every=args.val_every, val_fraction=args.val_fraction, seed=0)
     data.sampler.rng = np.random.default_rng([0, 1, (state or {}).get("step", 0)])  # the pipeline's retraining batches
     config = {"arch": arch, "quality": quality, "lmbda": lmbda}
 
     def save(payload: dict) -> None:
         write_checkpoint(path, {"state_dict": zoo.strip_derived(payload["state_dict"]), "config": config, "train_state": payload["train_state"]})
 
-    masked_retrain(model, {}, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every, progress=not args.quiet, log=log)
+    for end, lr in phases:
+        if (state or {}).get("step", 0) >= end:
+            continue
+        if state and state.get("optimizer"):  # a later phase (or a resumed one) trains at its own rate
+            for group in state["optimizer"]["param_groups"]:
+                group["lr"] = lr
+        cfg = TrainConfig(arch=arch, quality=quality, lmbda=lmbda, steps=end, batch_size=args.batch_size, patch_size=args.patch_size,
+                          lr=lr, val_every=args.val_every, val_fraction=args.val_fraction, seed=0)
+        state = masked_retrain(model, {}, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every,
+                               progress=not args.quiet, log=log)
     val = evaluate_rd(model, data.val_crops.to(device), lmbda)
     model.cpu()
     model.update(force=True)
@@ -390,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-limit", type=int, default=None, help="only the first N evaluation images (quick checks)")
     p.add_argument("--control", type=int, nargs="*", default=None, metavar="Q",
                    help="also train the baselines (all, or only qualities Q) on unpruned for the same steps, as a control")
+    p.add_argument("--control-schedule", choices=("flat", "matched"), default="flat",
+                   help="the controls' learning rate: --lr throughout (flat), or --centroid-lr for the last --centroid-steps, "
+                        "as the pipeline ends (matched)")
     p.add_argument("--controls-only", action="store_true",
                    help="no pipelines: train the controls (--control, default all qualities) and compare the final files already "
                         "in OUT/models/ with them (OUT/controls.md, controls.json)")
@@ -501,10 +532,12 @@ def run_controls_only(args, argv) -> dict:
     summary = {"setting": setting, "steps": steps, "lr": args.lr, "qualities": both,
                "bd_rate_psnr_vs_control": _bd(ctrl, fin, "psnr"), "bd_rate_ms_ssim_vs_control": _bd(ctrl, fin, "ms_ssim"),
                "bd_psnr_vs_control_db": _bd_psnr(ctrl, fin)}
+    if len(control_phases(args)) > 1:
+        summary["control_phases"] = [list(ph) for ph in control_phases(args)]
     command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
     lines = [f"# The headline's final files against the controls (`{setting}`)", "",
              f"Control: each baseline trained on, unpruned, for the {steps} steps of the pipeline's masked retraining and centroid "
-             f"fine-tuning (lr {args.lr:g}, the baseline's λ, the same crops and batches; training photos only). The final files "
+             f"fine-tuning ({control_lr_text(args)}, the baseline's λ, the same crops and batches; training photos only). The final files "
              f"(`models/`) and the controls are coded on `{args.eval_data}` ({len(images)} images, real bitstreams).", "",
              f"**Family ({' '.join(map(str, summary['qualities']))}) against the controls: BD-rate (PSNR) "
              f"{_u(summary['bd_rate_psnr_vs_control'], '+.2f', ' %')}, BD-rate (MS-SSIM) {_u(summary['bd_rate_ms_ssim_vs_control'], '+.2f', ' %')}, "

@@ -209,12 +209,14 @@ def masked_retrain(
     checkpoint_every: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    set_lr: float | None = None,
 ) -> dict:
     """Retrain for ``cfg.steps`` steps with the pruned weights held at exactly zero.
 
     ``masks``: name -> 0/1 (True = kept).  ``on_checkpoint`` receives
     ``{"state_dict", "masks", "train_state"}``; pass ``state`` (the returned
-    or checkpointed ``train_state``) to resume.
+    or checkpointed ``train_state``) to resume; ``set_lr`` replaces the
+    learning rate that state carries (:func:`~deepcomp.training.train_steps`).
     """
     data = _as_data(data, cfg)
     tmasks = {n: torch.as_tensor(np.asarray(m)) if not isinstance(m, torch.Tensor) else m for n, m in masks.items()}
@@ -227,7 +229,7 @@ def masked_retrain(
             on_checkpoint({"state_dict": cpu_state_dict(model), "masks": {n: m.cpu() for n, m in tmasks.items()}, "train_state": st})
 
     return train_steps(model, data.sampler, cfg, state, data.val_crops, masks=_float_masks(tmasks, model), on_checkpoint=save,
-                       checkpoint_every=checkpoint_every, progress=progress, log=log)
+                       checkpoint_every=checkpoint_every, progress=progress, log=log, set_lr=set_lr)
 
 
 def gradual_prune_retrain(

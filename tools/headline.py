@@ -377,13 +377,10 @@ def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) ->
     for end, lr in phases:
         if (state or {}).get("step", 0) >= end:
             continue
-        if state and state.get("optimizer"):  # a later phase (or a resumed one) trains at its own rate
-            for group in state["optimizer"]["param_groups"]:
-                group["lr"] = lr
         cfg = TrainConfig(arch=arch, quality=quality, lmbda=lmbda, steps=end, batch_size=args.batch_size, patch_size=args.patch_size,
                           lr=lr, val_every=args.val_every, val_fraction=args.val_fraction, seed=0)
         state = masked_retrain(model, {}, cfg, data, state=state, on_checkpoint=save, checkpoint_every=args.val_every,
-                               progress=not args.quiet, log=log)
+                               progress=not args.quiet, log=log, set_lr=lr)  # a later (or resumed) phase trains at its own rate
     val = evaluate_rd(model, data.val_crops.to(device), lmbda)
     model.cpu()
     model.update(force=True)
@@ -532,8 +529,9 @@ def run_controls_only(args, argv) -> dict:
     summary = {"setting": setting, "steps": steps, "lr": args.lr, "qualities": both,
                "bd_rate_psnr_vs_control": _bd(ctrl, fin, "psnr"), "bd_rate_ms_ssim_vs_control": _bd(ctrl, fin, "ms_ssim"),
                "bd_psnr_vs_control_db": _bd_psnr(ctrl, fin)}
-    if len(control_phases(args)) > 1:
-        summary["control_phases"] = [list(ph) for ph in control_phases(args)]
+    phases = control_phases(args)
+    if len(phases) > 1:
+        summary["control_phases"] = [list(ph) for ph in phases]
     command = ".venv/bin/python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
     lines = [f"# The headline's final files against the controls (`{setting}`)", "",
              f"Control: each baseline trained on, unpruned, for the {steps} steps of the pipeline's masked retraining and centroid "

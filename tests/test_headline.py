@@ -45,9 +45,20 @@ def test_pick_headline(tool):
     assert c["largest_at_relaxed"]["setting"] == "b"
     assert c["best_bd"]["setting"] == "d"
     assert tool.pick(rows, 30.0, 2.0, 5.0)["headline"] is None
-    assert tool.shipped_setting(rows, c) == "a"
+    assert tool.shipped_settings(rows, c, 20.0) == ["a", "b"]  # the headline, and the largest ratio at <= 5 %
+    assert c["reference"] == "baselines" and tool.reference_key(rows) == "bd_rate_psnr"
     psnr = [dict(r, bd_psnr_db={"a": -1.0, "b": -0.5, "c": -3.0, "d": 0.2, "e": math.nan}[r["setting"]]) for r in rows]
-    assert tool.shipped_setting(psnr, tool.pick(psnr, 60.0, 2.0, 5.0)) == "d"  # no headline: the best BD-PSNR
+    assert tool.shipped_settings(psnr, tool.pick(psnr, 60.0, 2.0, 5.0), 60.0) == ["d", "b"]  # no headline: the best BD-PSNR
+    assert tool.shipped_settings(psnr, tool.pick(psnr, 30.0, 2.0, 5.0), 30.0) == ["b"]  # ... of those at the target ratio
+
+    # with a family BD-rate against the controls for every setting, the headline is judged against them
+    ctrl = {"a": 6.0, "b": 12.0, "c": 20.0, "d": 1.0, "e": 30.0}
+    vs = [dict(r, bd_rate_psnr_vs_control=ctrl[r["setting"]] if r["stage"] == "huffman" else 99.0) for r in rows]
+    assert tool.reference_key(vs) == "bd_rate_psnr_vs_control"
+    cv = tool.pick(vs, 20.0, 2.0, 5.0, tool.reference_key(vs))
+    assert cv["reference"] == "controls" and cv["headline"] is None and cv["largest_at_relaxed"]["setting"] == "d"
+    assert tool.pick(vs, 15.0, 7.0, 5.0, "bd_rate_psnr_vs_control")["headline"]["setting"] == "a"
+    assert tool.reference_key(vs[:-1] + [dict(vs[-1], bd_rate_psnr_vs_control=math.nan)]) == "bd_rate_psnr"
 
 
 def test_family_bd_rate_of_identical_curves_is_zero(tool):
@@ -143,7 +154,15 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path, capsys):
     assert "the last 1 at 1e-06" in (out / "controls.md").read_text()
     assert json.loads((out / "controls.json").read_text())["summary"]["control_phases"] == [[2, 1e-5], [3, 1e-6]]
     (out / "models" / "bmshj2018-factorized-q1-prune0.5-bits4.dcmp").unlink()
+    capsys.readouterr()
     assert tool.main(args + ["--controls-only"]) == 2  # a missing final file: one-line error
+    assert "no final file" in capsys.readouterr().err
+    # ... after the controls are trained: beside a headline that is still running, they need no final file
+    early = tmp_path / "early"
+    assert tool.main(args + ["-o", str(early), "--controls-only", "--control", "1", "--control-schedule", "matched",
+                                  "--centroid-lr", "1e-6"]) == 2
+    assert not early.exists() or not (early / "controls.md").exists()
+    assert json.loads((tool.control_dir(work, 3, 1e-5, [(2, 1e-5), (3, 1e-6)]) / "q1" / "record.json").read_text())["done"]
 
 
 def test_family_rows_against_controls(tool):
@@ -166,3 +185,9 @@ def test_bad_setting_is_one_line(tool, tmp_path, capsys):
     assert tool.main(["x.pth.tar", "--setting", "share5", "-o", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "bad setting" in err[0]
+
+
+def test_control_schedule_default_is_matched(tool):
+    base = ["x-q3.pth.tar", "--retrain-steps", "1000", "--centroid-steps", "200", "--lr", "1e-4", "--centroid-lr", "1e-5"]
+    assert tool.control_phases(tool.build_parser().parse_args(base)) == [(1000, 1e-4), (1200, 1e-5)]
+    assert tool.control_phases(tool.build_parser().parse_args(base + ["--control-schedule", "flat"])) == [(1200, 1e-4)]

@@ -8,11 +8,17 @@
 #                (artifacts/sensitivity/: sensitivity.json/.png, policy.json; ~25 min on one core)
 #   allocated    deepcomp pipeline on quality 3 with that allocated 20x policy, retrained like the headline
 #                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores)
-#   headline     deepcomp pipeline on qualities 1-4 (prune 0.8 in four AGP rounds over 1,000 steps, 4-bit sharing,
-#                200 centroid steps), the family's BD-rate per stage, the quality-1 control (artifacts/headline/;
-#                ~2.5 h on 2 cores)
-#   controls     every quality's control (the baseline trained on, unpruned, for the same 1,200 steps) against the
-#                headline's final files in artifacts/headline/models (artifacts/headline/controls.md; ~25 min a quality)
+#   headline     deepcomp pipeline on qualities 1-4 at four settings (prune 0.8 / 0.7 with 4-bit sharing, 0.6 / 0.5
+#                with 5 bits; pruned in four AGP rounds over 1,000 steps of masked retraining, then 200 centroid steps),
+#                the family's BD-rate per stage, and every quality's control: the baseline trained on, unpruned, for the
+#                same 1,200 steps, the last 200 at the centroid fine-tuning's lr 1e-5 as the pipeline ends; the headline
+#                is judged against the controls (artifacts/headline/; ~12-25 min a quality and setting, about as long
+#                for each control, on one core; settings can run side by side as separate headline.py calls with
+#                one --setting each and the same --work)
+#   controls     the same controls against the 20x setting's final files in artifacts/headline/models, as a family
+#                BD-rate (artifacts/headline/controls.md). The controls need no final file to train: to use both cores,
+#                run `THREADS=1 ... studies.sh controls` beside `THREADS=1 ... studies.sh headline` (it stops with "no
+#                final file" once its controls are trained), then `studies.sh headline controls` again, which only reports
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -30,8 +36,9 @@ PY=${PY:-python}
 THREADS=${THREADS:-2}
 B=artifacts/bmshj2018-factorized
 FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
-HEADLINE=(--setting prune0.8-bits4 --retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
-          -o artifacts/headline --work runs/headline2)
+HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
+          --control-schedule matched -o artifacts/headline --work runs/headline2)
+SETTINGS=(--setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
 for step in "${steps[@]}"; do
@@ -49,9 +56,9 @@ for step in "${steps[@]}"; do
         --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
       cp runs/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md ;;
     headline)
-      "$PY" tools/headline.py "${FAMILY[@]}" "${HEADLINE[@]}" --control 1 --threads "$THREADS" --quiet ;;
+      "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)
-      "$PY" tools/headline.py "${FAMILY[@]}" "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
+      "$PY" tools/headline.py "${FAMILY[@]}" --setting prune0.8-bits4 "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;

@@ -8,14 +8,14 @@
 #                (artifacts/sensitivity/: sensitivity.json/.png, policy.json; ~25 min on one core)
 #   allocated    deepcomp pipeline on quality 3 with that allocated 20x policy, retrained like the headline
 #                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores)
-#   headline     deepcomp pipeline on qualities 1-4 at four settings (prune 0.8 / 0.7 with 4-bit sharing, 0.6 / 0.5
-#                with 5 bits; pruned in four AGP rounds over 1,000 steps of masked retraining, then 200 centroid steps),
+#   headline     deepcomp pipeline on qualities 1-4 at five settings (prune 0.8 / 0.7 with 4-bit sharing, 0.85 / 0.6 /
+#                0.5 with 5 bits; pruned in four AGP rounds over 1,000 steps of masked retraining, then 200 centroid steps),
 #                the family's BD-rate per stage, and every quality's control: the baseline trained on, unpruned, for the
 #                same 1,200 steps, the last 200 at the centroid fine-tuning's lr 1e-5 as the pipeline ends; the headline
 #                is judged against the controls (artifacts/headline/; ~12-25 min a quality and setting, about as long
 #                for each control, on one core; settings can run side by side as separate headline.py calls with
 #                one --setting each and the same --work)
-#   controls     the same controls against the 20x setting's final files in artifacts/headline/models, as a family
+#   controls     the same controls against the 23.5x setting's (prune 0.85, 5 bits) final files in artifacts/headline/models, as a family
 #                BD-rate (artifacts/headline/controls.md). The controls need no final file to train: to use both cores,
 #                run `THREADS=1 ... studies.sh controls` beside `THREADS=1 ... studies.sh headline` (it stops with "no
 #                final file" once its controls are trained), then `studies.sh headline controls` again, which only reports
@@ -38,7 +38,7 @@ B=artifacts/bmshj2018-factorized
 FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
 HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
           --control-schedule matched -o artifacts/headline --work runs/headline2)
-SETTINGS=(--setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5)
+SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
 for step in "${steps[@]}"; do
@@ -58,7 +58,7 @@ for step in "${steps[@]}"; do
     headline)
       "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)
-      "$PY" tools/headline.py "${FAMILY[@]}" --setting prune0.8-bits4 "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
+      "$PY" tools/headline.py "${FAMILY[@]}" --setting prune0.85-bits5 "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
@@ -67,7 +67,7 @@ for step in "${steps[@]}"; do
         --finetune-steps 500 --batch-size 8 --patch-size 128 --bits 8 --threads "$THREADS" --quiet ;;
     comparison)
       models=()
-      for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-prune0.8-bits4.dcmp"); done
+      for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-prune0.85-bits5.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
     *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls parts structured comparison)" >&2; exit 2 ;;

@@ -247,11 +247,12 @@ def shipped_settings(rows: list[dict], choice: dict, target_ratio: float) -> lis
 
 def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     h, rel, key = choice["headline"], choice["largest_at_relaxed"], choice.get("key", "bd_rate_psnr")
+    vs_ctrl = key == "bd_rate_psnr_vs_control"
     against = ("against the controls (the baselines trained on, unpruned, for as many steps, ending as the pipeline does)"
-               if key == "bd_rate_psnr_vs_control" else "against the uncompressed baselines")
+               if vs_ctrl else "against the uncompressed baselines")
     lines = ["# Deep Compression with retraining on the bmshj2018-factorized family", ""]
     if h:
-        also = (f"; against the baselines as they are: {h['bd_rate_psnr']:+.2f} %" if key != "bd_rate_psnr" else
+        also = (f"; against the baselines as they are: {h['bd_rate_psnr']:+.2f} %" if vs_ctrl else
                 f" (MS-SSIM {_f(h['bd_rate_ms_ssim'], '+.2f')} %)")
         lines.append(f"**Headline: `{h['setting']}`: every model file is at least {h['min_ratio']:.1f}x smaller than its fp32 "
                      f"state_dict ({h['family_ratio']:.1f}x for the family together) at a BD-rate (PSNR) of {h[key]:+.2f} % "
@@ -279,9 +280,8 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     lines += ["", f"Evaluation: `{args.eval_data}`, real bitstreams; training photos `{args.data}` only for retraining. "
               "Ratio: fp32 state_dict bytes / size (the smallest over the qualities; *family*: all files together; "
               "*vs file*: the baseline's `.pth.tar` / size). BD-rate against the uncompressed baselines (pchip; negative is better)"
-              + ("; *vs control*: against the controls" if key == "bd_rate_psnr_vs_control" else "") + ". "
+              + ("; *vs control*: against the controls" if vs_ctrl else "") + ". "
               "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`.", ""]
-    vs_ctrl = key == "bd_rate_psnr_vs_control"
     head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
             "mean ΔPSNR"] + (["BD-rate PSNR vs control", "BD-PSNR vs control"] if vs_ctrl else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]

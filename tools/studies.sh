@@ -38,6 +38,7 @@ B=artifacts/bmshj2018-factorized
 FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
 HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
           --control-schedule matched -o artifacts/headline --work runs/headline2)
+SHIPPED=prune0.85-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
 SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
@@ -58,7 +59,7 @@ for step in "${steps[@]}"; do
     headline)
       "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)
-      "$PY" tools/headline.py "${FAMILY[@]}" --setting prune0.85-bits5 "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
+      "$PY" tools/headline.py "${FAMILY[@]}" --setting "$SHIPPED" "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
@@ -67,7 +68,7 @@ for step in "${steps[@]}"; do
         --finetune-steps 500 --batch-size 8 --patch-size 128 --bits 8 --threads "$THREADS" --quiet ;;
     comparison)
       models=()
-      for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-prune0.85-bits5.dcmp"); done
+      for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
     *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls parts structured comparison)" >&2; exit 2 ;;

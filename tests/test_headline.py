@@ -20,13 +20,26 @@ def tool(load_tool):
 
 
 def test_parse_setting(tool):
-    assert tool.parse_setting("prune0.85-bits4") == (0.85, 4)
-    assert tool.parse_setting("prune0-bits8") == (0.0, 8)
+    assert tool.parse_setting("prune0.85-bits4") == ("prune", 0.85, 4)
+    assert tool.parse_setting("prune0-bits8") == ("prune", 0.0, 8)
+    assert tool.parse_setting("alloc21-bits5") == ("alloc", 21.0, 5)
+    assert tool.parse_setting("alloc23.5-bits5") == ("alloc", 23.5, 5)
     from deepcomp.errors import DeepCompError
 
-    for bad in ("prune1.5-bits4", "prune0.5-bits0", "share5", "prune0.5"):
+    for bad in ("prune1.5-bits4", "prune0.5-bits0", "share5", "prune0.5", "alloc0.5-bits5", "alloc20", "alloc20-bits17"):
         with pytest.raises(DeepCompError):
             tool.parse_setting(bad)
+
+
+def test_setting_config(tool):
+    from deepcomp.pipeline import PipelineConfig
+    from deepcomp.policy import Policy
+
+    fields = tool.setting_config("prune0.8-bits4")
+    assert fields == {"policy": Policy().with_weight_rule(prune=0.8, bits=4).to_json()}
+    fields = tool.setting_config("alloc21-bits5", [0, 0.5, 0.9])
+    assert fields == {"target_ratio": 21.0, "sens_bits": (5,), "sens_ratios": (0.0, 0.5, 0.9)}
+    PipelineConfig(**fields).check()  # a valid pipeline configuration
 
 
 def _rows(setting, ratio, bd):
@@ -191,3 +204,20 @@ def test_control_schedule_default_is_matched(tool):
     base = ["x-q3.pth.tar", "--retrain-steps", "1000", "--centroid-steps", "200", "--lr", "1e-4", "--centroid-lr", "1e-5"]
     assert tool.control_phases(tool.build_parser().parse_args(base)) == [(1000, 1e-4), (1200, 1e-5)]
     assert tool.control_phases(tool.build_parser().parse_args(base + ["--control-schedule", "flat"])) == [(1200, 1e-4)]
+
+
+def test_allocation_md_lists_the_chosen_ratios(tool, tmp_path):
+    import json
+
+    for q, ratio in ((1, 0.9), (3, 0.95)):
+        d = tmp_path / "alloc20-bits5" / f"q{q}"
+        d.mkdir(parents=True)
+        choices = {"g_a.0.weight": {"ratio": 0.0, "bits": 5}, "g_a.6.weight": {"ratio": ratio, "bits": 5}}
+        (d / "policy.json").write_text(json.dumps({"allocation": {"choices": choices}}))
+        (d / "sensitivity.json").write_text(json.dumps({"layers": {"g_a.0.weight": {"size": 9600}, "g_a.6.weight": {"size": 614400}}}))
+    lines = tool.allocation_md(tmp_path, {"prune0.5-bits5": {1: {}}, "alloc20-bits5": {1: {}, 3: {}}})
+    text = "\n".join(lines)
+    assert "`alloc20-bits5`" in text and "prune0.5" not in text
+    assert "| `g_a.6.weight` | 614,400 | 0.90 / 5 b | 0.95 / 5 b |" in text
+    assert "| `g_a.0.weight` | 9,600 | 0.00 / 5 b | 0.00 / 5 b |" in text
+    assert tool.allocation_md(tmp_path, {"prune0.5-bits5": {1: {}}}) == []

@@ -185,7 +185,7 @@ def test_tool_end_to_end_resumes_and_refuses_other_settings(tool, random_checkpo
     # the tables
     md = (out / "parts.md").read_text()
     assert "| encoder | 0.50 | yes |" in md and "| all | 0.50 | no |" in md and "no speed-up is expected" in md
-    assert "Command: `.venv/bin/python tools/part_pruning.py " in md and "--retrain-steps 2" in md
+    assert "Command: `bash tools/run.sh python tools/part_pruning.py " in md and "--retrain-steps 2" in md
     with open(out / "parts.csv") as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 6 and tuple(table[0]) == tool.FIELDS

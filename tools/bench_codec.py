@@ -7,7 +7,7 @@ entropy per stream, compress time, load() throughput, load_model() time
 against torch.load of the fp32 checkpoint (same run), and the memory that
 load() needs.
 
-    .venv/bin/python tools/bench_codec.py [--checkpoint CKPT] [--prune 0.7] [--bits 5]
+    bash tools/run.sh python tools/bench_codec.py [--checkpoint CKPT] [--prune 0.7] [--bits 5]
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Time a full Kodak evaluation (real bitstreams) of a quality-3 bmshj2018-factorized model.
 
-    .venv/bin/python tools/bench_kodak_eval.py [MODEL] [--data DIR] [--threads N]
+    bash tools/run.sh python tools/bench_kodak_eval.py [MODEL] [--data DIR] [--threads N]
 
 MODEL is a deepcomp file or a CompressAI checkpoint (a q3 factorized one is
 assumed where the file does not say); without it a seeded random-initialised

@@ -1,6 +1,6 @@
 """Deepcomp against the other ways to store the model and the image: one command, tables and plots.
 
-    .venv/bin/python tools/compare_storage.py artifacts/bmshj2018-factorized-q*.pth.tar \\
+    bash tools/run.sh python tools/compare_storage.py artifacts/bmshj2018-factorized-q*.pth.tar \\
         --data ../shared/data/kodak -o artifacts/comparison
 
 For each checkpoint (one quality each; several make BD-rates possible) it
@@ -470,7 +470,7 @@ def write_outputs(docs, lat, notes, args, out: Path) -> dict:
     frows = family_rows(wrows, bd)
     eq = equal_quality(frows, args.tolerance, args.tolerance_db)
     n_images = sorted({r["images"] for r in wrows})
-    command = ".venv/bin/python tools/compare_storage.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "bash tools/run.sh python tools/compare_storage.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
     atomic_write_bytes(out / "weights.csv", csv_text(wrows, WEIGHT_FIELDS).encode())
     atomic_write_bytes(out / "weights.md", weights_md(wrows).encode())

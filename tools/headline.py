@@ -1,10 +1,13 @@
 """The headline: Deep Compression with retraining over a family of baselines, as BD-rates.
 
-    .venv/bin/python tools/headline.py artifacts/bmshj2018-factorized-q{1,2,3,4,5}.pth.tar \\
+    bash tools/run.sh python tools/headline.py artifacts/bmshj2018-factorized-q{1,2,3,4,5}.pth.tar \\
         --setting prune0.85-bits4 --setting prune0.9-bits4 -o artifacts/headline
 
 For every ``--setting`` (``prune<fraction>-bits<b>``: the conv/linear weight
-rule of the default policy) and every baseline checkpoint (one quality each)
+rule of the default policy; ``alloc<ratio>-bits<b>``: b-bit sharing and
+per-layer pruning ratios that the allocator picks from each baseline's own
+sensitivity on the training photos' validation split, for a file <ratio>
+times smaller than fp32) and every baseline checkpoint (one quality each)
 it runs ``deepcomp pipeline`` (prune -> masked retraining -> k-means sharing ->
 centroid fine-tuning -> Huffman; ``deepcomp.pipeline``) in ``--work``
 (resumable: a rerun skips what is finished), then puts the family together:
@@ -53,7 +56,9 @@ from deepcomp.errors import DeepCompError
 from deepcomp.report import csv_text, human_bytes
 
 STAGE_KEYS = ("prune", "retrain", "share", "centroids", "huffman")
-SETTING = re.compile(r"^prune(0?\.\d+|0)-bits(\d+)$")
+SETTING = re.compile(r"^(prune|alloc)(\d*\.?\d+)-bits(\d+)$")
+#: The pruning ratios an ``alloc`` setting's sensitivity analysis measures for every layer (``--sens-ratios``).
+ALLOC_RATIOS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 FIELDS = ("setting", "stage", "label", "qualities", "min_ratio", "family_ratio", "min_ratio_vs_checkpoint_file",
           "bd_rate_psnr", "bd_rate_ms_ssim", "bd_psnr_db", "mean_delta_psnr", "bd_rate_psnr_vs_control", "bd_psnr_vs_control_db")
 
@@ -62,14 +67,30 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def parse_setting(spec: str) -> tuple[float, int]:
+def parse_setting(spec: str) -> tuple[str, float, int]:
+    """``prune<fraction>-bits<b>``: one pruning ratio for every conv weight; ``alloc<ratio>-bits<b>``: per-layer
+    pruning ratios allocated from each baseline's sensitivity for a file ``ratio`` x smaller than fp32."""
     m = SETTING.match(spec)
     if not m:
-        raise DeepCompError(f"bad setting {spec!r}: expected prune<fraction>-bits<b>, e.g. prune0.85-bits4")
-    prune, bits = float(m.group(1)), int(m.group(2))
-    if not 0 <= prune < 1 or not 1 <= bits <= 16:
-        raise DeepCompError(f"bad setting {spec!r}: the fraction must be in [0, 1) and the bits in 1..16")
-    return prune, bits
+        raise DeepCompError(f"bad setting {spec!r}: expected prune<fraction>-bits<b> or alloc<ratio>-bits<b>, e.g. prune0.85-bits4, alloc21-bits5")
+    kind, value, bits = m.group(1), float(m.group(2)), int(m.group(3))
+    if not 1 <= bits <= 16:
+        raise DeepCompError(f"bad setting {spec!r}: the bits must be in 1..16")
+    if kind == "prune" and not 0 <= value < 1:
+        raise DeepCompError(f"bad setting {spec!r}: the pruning fraction must be in [0, 1)")
+    if kind == "alloc" and not value > 1:
+        raise DeepCompError(f"bad setting {spec!r}: the target ratio must be above 1")
+    return kind, value, bits
+
+
+def setting_config(spec: str, sens_ratios=ALLOC_RATIOS) -> dict:
+    """The :class:`~deepcomp.pipeline.PipelineConfig` fields a setting decides."""
+    from deepcomp.policy import Policy
+
+    kind, value, bits = parse_setting(spec)
+    if kind == "prune":
+        return {"policy": Policy().with_weight_rule(prune=value, bits=bits).to_json()}
+    return {"target_ratio": value, "sens_bits": (bits,), "sens_ratios": tuple(float(r) for r in sens_ratios)}
 
 
 def quality_of(path: Path) -> int:
@@ -245,6 +266,32 @@ def shipped_settings(rows: list[dict], choice: dict, target_ratio: float) -> lis
     return kept
 
 
+def allocation_md(work: Path, per_setting) -> list[str]:
+    """Per layer, the pruning ratio (and bits) the allocator chose for every quality of the ``alloc`` settings."""
+    lines = []
+    for setting, per_q in per_setting.items():
+        if parse_setting(setting)[0] != "alloc":
+            continue
+        chosen = {}
+        for q in sorted(per_q):
+            doc = json.loads((work / setting / f"q{q}" / "policy.json").read_text())
+            chosen[q] = doc["allocation"]["choices"]
+        layers = sorted({n for c in chosen.values() for n in c})
+        if not lines:
+            lines += ["## Allocated pruning ratios", "",
+                      "Per layer and quality, the fraction of weights the allocator prunes (and its bit width). GDN gammas are "
+                      "shared but never pruned; the rest of the model (biases, GDN betas, the entropy bottleneck) is stored raw "
+                      "as in every setting.", ""]
+        lines += [f"`{setting}`:", "", "| Layer | Weights | " + " | ".join(f"q{q}" for q in chosen) + " |",
+                  "|---|---:|" + "---:|" * len(chosen)]
+        sizes = json.loads((work / setting / f"q{min(chosen)}" / "sensitivity.json").read_text())["layers"]
+        for n in layers:
+            cells = [f"{chosen[q][n]['ratio']:.2f} / {chosen[q][n]['bits']} b" if n in chosen[q] else "" for q in chosen]
+            lines.append(f"| `{n}` | {sizes[n]['size']:,} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     h, rel, key = choice["headline"], choice["largest_at_relaxed"], choice.get("key", "bd_rate_psnr")
     vs_ctrl = key == "bd_rate_psnr_vs_control"
@@ -281,7 +328,10 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
               "Ratio: fp32 state_dict bytes / size (the smallest over the qualities; *family*: all files together; "
               "*vs file*: the baseline's `.pth.tar` / size). BD-rate against the uncompressed baselines (pchip; negative is better)"
               + ("; *vs control*: against the controls" if vs_ctrl else "") + ". "
-              "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`.", ""]
+              "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`. Settings: `prune<f>-bits<b>` prunes "
+              "every conv weight by the fraction f, then shares it at b bits; `alloc<R>-bits<b>` prunes each layer by the ratio "
+              "that the allocator picks from that quality's own sensitivity (validation split of the training photos) for a "
+              "file R times smaller than fp32 (see *Allocated pruning ratios*).", ""]
     head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
             "mean ΔPSNR"] + (["BD-rate PSNR vs control", "BD-PSNR vs control"] if vs_ctrl else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -300,6 +350,7 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
             lines.append(f"| `{setting}` | {q} | {b['bpp']:.4f} / {b['psnr']:.2f} dB | {human_bytes(f['bytes'])} | {f['ratio']:.1f}x | "
                          f"{f['bpp']:.4f} | {f['psnr']:.2f} dB | {f['ms_ssim']:.4f} |")
     lines.append("")
+    lines += allocation_md(args.work, per_setting)
     if controls:
         lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, "at " + control_lr_text(args))
     kept = shipped_settings(rows, choice, args.target_ratio)
@@ -432,7 +483,11 @@ def train_control(ckpt: Path, out: Path, steps: int, args, images: list[str]) ->
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", type=Path, nargs="+", metavar="CHECKPOINT", help="baselines, one quality each")
-    p.add_argument("--setting", action="append", default=[], help="prune<fraction>-bits<b> (repeatable; default prune0.85-bits4)")
+    p.add_argument("--setting", action="append", default=[],
+                   help="prune<fraction>-bits<b>, or alloc<ratio>-bits<b> for per-layer pruning ratios allocated from the "
+                        "sensitivity for that ratio (repeatable; default prune0.85-bits4)")
+    p.add_argument("--sens-ratios", type=float, nargs="+", default=list(ALLOC_RATIOS),
+                   help="pruning ratios the sensitivity of an alloc setting measures")
     p.add_argument("-o", "--out", type=Path, default=Path("artifacts/headline"))
     p.add_argument("--work", type=Path, default=Path("runs/headline"), help="pipeline folders (resumable)")
     p.add_argument("--retrain-steps", type=int, default=600)
@@ -466,10 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args, argv) -> dict:
     from deepcomp.pipeline import PipelineConfig, run_pipeline
-    from deepcomp.policy import Policy
 
     settings = args.setting or ["prune0.85-bits4"]
-    parsed = {s: parse_setting(s) for s in settings}
+    parsed = {s: setting_config(s, args.sens_ratios) for s in settings}
     qualities = qualities_of(args.checkpoints)
     images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
     # the baselines are evaluated once and shared by every setting's pipeline
@@ -484,13 +538,13 @@ def run(args, argv) -> dict:
             log(f"[baseline] q{q}: {c} on {len(images)} images")
             evaluation.run_one(str(c), "baseline", images, str(args.eval_data), str(jpath.parent), None, None, "pipeline", True, not args.quiet)
     per_setting: dict[str, dict[int, dict]] = {}
-    for setting, (prune, bits) in parsed.items():
+    for setting, fields in parsed.items():
         per_setting[setting] = {}
         for q, c in sorted(qualities.items()):
             out = args.work / setting / f"q{q}"
             (out / "results").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base_dir / f"q{q}" / "baseline.json", out / "results" / "baseline.json")
-            cfg = PipelineConfig(policy=Policy().with_weight_rule(prune=prune, bits=bits).to_json(), retrain_steps=args.retrain_steps,
+            cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps,
                                  prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
                                  batch_size=args.batch_size, patch_size=args.patch_size, val_every=args.val_every,
                                  val_fraction=args.val_fraction, val_patch=args.val_patch)

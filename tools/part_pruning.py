@@ -1,6 +1,6 @@
 """Per-part pruning: the encoder, the decoder and the probability model pruned alone and together, with and without retraining.
 
-    .venv/bin/python tools/part_pruning.py artifacts/bmshj2018-factorized-q3.pth.tar -o artifacts/parts \\
+    bash tools/run.sh python tools/part_pruning.py artifacts/bmshj2018-factorized-q3.pth.tar -o artifacts/parts \\
         [--parts encoder decoder probability all] [--ratios 0.3 0.5 0.7] [--retrain-steps 300] \\
         [--batch-size 8 --patch-size 128] [--data ../shared/data/train] [--eval-data ../shared/data/kodak] \\
         [--limit N] [--threads 1] [--work runs/parts] [--re-evaluate]
@@ -474,7 +474,7 @@ def markdown(rows, args, base, settings, check: dict) -> str:
                "auxiliary loss on the quantiles; the pruned weights held at exactly zero). "
                + ("*none (control)*: the unpruned baseline retrained the same way, for the effect of the extra training alone."
                   if any(r["model"] == "control-retrained" for r in rows) else "")) if args.retrain_steps > 0 else "No retraining (`--retrain-steps 0`)."
-    cmd = ".venv/bin/python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
+    cmd = "bash tools/run.sh python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
     note = ("**Times.** Unstructured pruning zeroes weights but leaves every tensor dense: PyTorch's convolutions multiply the zeros "
             "like any other weight, so no speed-up is expected, and none is claimed. The times are measured all the same: the sums over "
             f"the {n} images of the `compress()` (encode) and `decompress()` (decode) calls, entropy coding included, with "
@@ -568,7 +568,7 @@ def write_outputs(rows, out: Path, args, base, settings, check: dict) -> None:
     plot(rows, out / "parts.png")
     atomic_write_bytes(out / "parts.csv", csv_text(rows, FIELDS).encode())
     clean = evaluation._clean(rows)
-    doc = {"format": FORMAT, "command": ".venv/bin/python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv),
+    doc = {"format": FORMAT, "command": "bash tools/run.sh python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv),
            "checkpoint": {"path": base["path"], "sha256": base["sha256"]}, "arch": base["arch"], "quality": base["quality"],
            "lmbda": base["lmbda"], "train": train_settings(args, base), "eval": settings, "baseline_timed_last": check, "rows": clean}
     atomic_write_bytes(out / "parts.json", (json.dumps(doc, indent=1) + "\n").encode())

@@ -1,6 +1,6 @@
 """Structured (channel) pruning of a baseline, end to end: sensitivity, allocation, fine-tuning, sharing, Kodak.
 
-    .venv/bin/python tools/structured_pruning.py artifacts/bmshj2018-factorized-q3.pth.tar -o artifacts/structured \\
+    bash tools/run.sh python tools/structured_pruning.py artifacts/bmshj2018-factorized-q3.pth.tar -o artifacts/structured \\
         [--targets 0.25 0.5 0.75] [--cost macs] [--uniform] [--finetune-steps 2000] [--bits 8] [--threads 1]
 
 1. the RD sensitivity of every channel group (validation crops of the
@@ -273,7 +273,7 @@ def markdown(rows, args, table) -> str:
                  _f(r["encode_speedup"], ".2f"), _f(r["decode_speedup"], ".2f"), _f(r["val_loss_pruned"], ".4f"), _f(r["val_loss_finetuned"], ".4f")]
         lines.append("| " + " | ".join(cells) + " |")
     widths = [f"- `{r['model']}`: {r['widths']}" for r in rows if r["storage"] == "pth" and r["widths"]]
-    cmd = ".venv/bin/python tools/structured_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
+    cmd = "bash tools/run.sh python tools/structured_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
     return "\n".join([
         "# Structured (channel) pruning",
         "",

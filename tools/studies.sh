@@ -7,18 +7,23 @@
 #                crops of the training photos, and the allocator's per-layer policy for a 20x file
 #                (artifacts/sensitivity/: sensitivity.json/.png, policy.json; ~25 min on one core)
 #   allocated    deepcomp pipeline on quality 3 with that allocated 20x policy, retrained like the headline
-#                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores)
-#   headline     deepcomp pipeline on qualities 1-4 at five settings (prune 0.8 / 0.7 with 4-bit sharing, 0.85 / 0.6 /
-#                0.5 with 5 bits; pruned in four AGP rounds over 1,000 steps of masked retraining, then 200 centroid steps),
-#                the family's BD-rate per stage, and every quality's control: the baseline trained on, unpruned, for the
-#                same 1,200 steps, the last 200 at the centroid fine-tuning's lr 1e-5 as the pipeline ends; the headline
-#                is judged against the controls (artifacts/headline/; ~12-25 min a quality and setting, about as long
-#                for each control, on one core; settings can run side by side as separate headline.py calls with
-#                one --setting each and the same --work)
-#   controls     the same controls against the 23.5x setting's (prune 0.85, 5 bits) final files in artifacts/headline/models, as a family
-#                BD-rate (artifacts/headline/controls.md). The controls need no final file to train: to use both cores,
-#                run `THREADS=1 ... studies.sh controls` beside `THREADS=1 ... studies.sh headline` (it stops with "no
-#                final file" once its controls are trained), then `studies.sh headline controls` again, which only reports
+#                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores), and allocated for 23.5x with
+#                4, 5 or 6 bits per layer (alloc23.5-bits456-q3-stages.md / -policy.json; ~35 min on one core)
+#   headline     deepcomp pipeline on qualities 1-4 at eight settings: one pruning ratio for every conv weight (prune
+#                0.8 / 0.7 with 4-bit sharing, 0.85 / 0.6 / 0.5 with 5 bits) and per-layer ratios that the allocator picks
+#                from each quality's own sensitivity for a 23.5x, a 21x and a 15x file, with 5-bit sharing
+#                (alloc23.5-bits5, alloc21-bits5, alloc15-bits5); each pruned in four AGP rounds over 1,000 steps of
+#                masked retraining, then 200 centroid steps; the family's BD-rate per stage, and every quality's control:
+#                the baseline trained on, unpruned, for the same 1,200 steps, the last 200 at the centroid fine-tuning's
+#                lr 1e-5 as the pipeline ends; the headline is judged against the controls (artifacts/headline/;
+#                ~15-25 min a quality and setting, about as long for each control, on one core; settings can run side
+#                by side as separate headline.py calls with one --setting each and the same --work, then one call with
+#                all of them reports)
+#   controls     the same controls against the shipped >= 20x setting's (alloc21-bits5) final files in
+#                artifacts/headline/models, as a family BD-rate (artifacts/headline/controls.md). The controls need no
+#                final file to train: to use both cores, run `THREADS=1 ... studies.sh controls` beside
+#                `THREADS=1 ... studies.sh headline` (it stops with "no final file" once its controls are trained),
+#                then `studies.sh headline controls` again, which only reports
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -38,8 +43,9 @@ B=artifacts/bmshj2018-factorized
 FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
 HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
           --control-schedule matched -o artifacts/headline --work runs/headline2)
-SHIPPED=prune0.85-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
-SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5)
+SHIPPED=alloc21-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
+SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5
+          --setting alloc23.5-bits5 --setting alloc21-bits5 --setting alloc15-bits5)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
 for step in "${steps[@]}"; do
@@ -55,7 +61,12 @@ for step in "${steps[@]}"; do
       [ -f runs/alloc20-q3/sensitivity.json ] || cp artifacts/sensitivity/sensitivity.json runs/alloc20-q3/
       "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/alloc20-q3 --target-ratio 20 --retrain-steps 1000 --prune-rounds 4 \
         --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
-      cp runs/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md ;;
+      cp runs/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/alloc23.5-bits456-q3 --target-ratio 23.5 --sens-bits 4 5 6 \
+        --sens-ratios 0 0.5 0.6 0.7 0.75 0.8 0.85 0.9 0.95 0.97 --retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 \
+        --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
+      cp runs/alloc23.5-bits456-q3/stages.md artifacts/sensitivity/alloc23.5-bits456-q3-stages.md
+      cp runs/alloc23.5-bits456-q3/policy.json artifacts/sensitivity/alloc23.5-bits456-q3-policy.json ;;
     headline)
       "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)

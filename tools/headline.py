@@ -292,7 +292,11 @@ def allocation_md(work: Path, per_setting) -> list[str]:
     return lines
 
 
-def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
+def reproduce_command(argv) -> str:
+    return "bash tools/run.sh python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
+
+
+def markdown(rows, per_setting, choice, args, command, kept: list[str], controls=None) -> str:
     h, rel, key = choice["headline"], choice["largest_at_relaxed"], choice.get("key", "bd_rate_psnr")
     vs_ctrl = key == "bd_rate_psnr_vs_control"
     against = ("against the controls (the baselines trained on, unpruned, for as many steps, ending as the pipeline does)"
@@ -353,7 +357,6 @@ def markdown(rows, per_setting, choice, args, command, controls=None) -> str:
     lines += allocation_md(args.work, per_setting)
     if controls:
         lines += control_md(per_setting, controls, rows, args.retrain_steps + args.centroid_steps, "at " + control_lr_text(args))
-    kept = shipped_settings(rows, choice, args.target_ratio)
     if kept:
         lines += ["The final files of " + " and ".join(f"`{k}`" for k in kept) + " are in `models/`.", ""]
     lines += ["Per-stage tables of each run: `stages/`.", "", "Reproduce:", "", f"```sh\n{command}\n```", ""]
@@ -555,7 +558,7 @@ def run(args, argv) -> dict:
     ckpt_bytes = {q: c.stat().st_size for q, c in qualities.items()}
     rows = [r for s, per_q in per_setting.items() for r in family_rows(s, per_q, ckpt_bytes, controls)]
     choice = pick(rows, args.target_ratio, args.max_bd, args.relaxed_bd, reference_key(rows))
-    command = "bash tools/run.sh python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
+    command = reproduce_command(argv)
     out = args.out
     (out / "stages").mkdir(parents=True, exist_ok=True)
     for old in (out / "stages").glob("*.md"):  # tables of settings not in this run would be stale
@@ -575,7 +578,7 @@ def run(args, argv) -> dict:
     doc = {"rows": rows, "choice": choice, "controls": controls, "command": command, "images": len(images), "eval_data": str(args.eval_data),
            "target_ratio": args.target_ratio, "max_bd": args.max_bd, "relaxed_bd": args.relaxed_bd}
     atomic_write_bytes(out / "headline.json", (json.dumps(evaluation._clean(doc), indent=1) + "\n").encode())
-    atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command, controls).encode())
+    atomic_write_bytes(out / "headline.md", markdown(rows, per_setting, choice, args, command, kept, controls).encode())
     plot(per_setting, out / "rd_psnr.png", controls)
     log(f"wrote {out / 'headline.md'}")
     return doc
@@ -624,7 +627,7 @@ def run_controls_only(args, argv) -> dict:
     phases = control_phases(args)
     if len(phases) > 1:
         summary["control_phases"] = [list(ph) for ph in phases]
-    command = "bash tools/run.sh python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
+    command = reproduce_command(argv)
     lines = [f"# The headline's final files against the controls (`{setting}`)", "",
              f"Control: each baseline trained on, unpruned, for the {steps} steps of the pipeline's masked retraining and centroid "
              f"fine-tuning ({control_lr_text(args)}, the baseline's λ, the same crops and batches; training photos only). The final files "

@@ -456,6 +456,10 @@ def describe_parts(base: dict) -> list[str]:
     return lines
 
 
+def reproduce_command(args) -> str:
+    return "bash tools/run.sh python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
+
+
 def markdown(rows, args, base, settings, check: dict) -> str:
     head = ["Part", "Ratio", "Retrained", "Part density", "Encode (s)", "Decode (s)", "Time vs base", "Bytes/image", "Δ bytes", "bpp",
             "PSNR (dB)", "Δ PSNR", "SSIM", "Δ SSIM", "MS-SSIM", "Δ MS-SSIM"]
@@ -474,7 +478,7 @@ def markdown(rows, args, base, settings, check: dict) -> str:
                "auxiliary loss on the quantiles; the pruned weights held at exactly zero). "
                + ("*none (control)*: the unpruned baseline retrained the same way, for the effect of the extra training alone."
                   if any(r["model"] == "control-retrained" for r in rows) else "")) if args.retrain_steps > 0 else "No retraining (`--retrain-steps 0`)."
-    cmd = "bash tools/run.sh python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv)
+    cmd = reproduce_command(args)
     note = ("**Times.** Unstructured pruning zeroes weights but leaves every tensor dense: PyTorch's convolutions multiply the zeros "
             "like any other weight, so no speed-up is expected, and none is claimed. The times are measured all the same: the sums over "
             f"the {n} images of the `compress()` (encode) and `decompress()` (decode) calls, entropy coding included, with "
@@ -568,7 +572,7 @@ def write_outputs(rows, out: Path, args, base, settings, check: dict) -> None:
     plot(rows, out / "parts.png")
     atomic_write_bytes(out / "parts.csv", csv_text(rows, FIELDS).encode())
     clean = evaluation._clean(rows)
-    doc = {"format": FORMAT, "command": "bash tools/run.sh python tools/part_pruning.py " + " ".join(shlex.quote(str(a)) for a in args.argv),
+    doc = {"format": FORMAT, "command": reproduce_command(args),
            "checkpoint": {"path": base["path"], "sha256": base["sha256"]}, "arch": base["arch"], "quality": base["quality"],
            "lmbda": base["lmbda"], "train": train_settings(args, base), "eval": settings, "baseline_timed_last": check, "rows": clean}
     atomic_write_bytes(out / "parts.json", (json.dumps(doc, indent=1) + "\n").encode())

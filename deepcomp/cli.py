@@ -41,7 +41,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     if args.init is not None and args.resume is not None:
         raise DeepCompError("give --init or --resume, not both")
-    train(cfg, args.data, args.out, init=args.init, resume=args.resume, progress=not args.quiet,
+    if args.init_matching and args.init is None:
+        raise DeepCompError("--init-matching needs --init")
+    train(cfg, args.data, args.out, init=args.init, resume=args.resume, init_matching=args.init_matching, progress=not args.quiet,
           time_limit=args.minutes * 60 if args.minutes is not None else None, override_lr=args.lr is not None)
     return 0
 
@@ -281,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_positive_int, default=None)
     t.add_argument("--data", type=Path, default=DEFAULT_TRAIN_DATA, help="training photos (never Kodak)")
     t.add_argument("--init", type=Path, default=None, help="start a new run from these weights")
+    t.add_argument("--init-matching", action="store_true",
+                   help="with --init: copy only the tensors whose names and shapes match (e.g. a factorized model's g_a/g_s into a hyperprior)")
     t.add_argument("--resume", type=Path, default=None, help="continue this run (e.g. a committed baseline) into --out")
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")

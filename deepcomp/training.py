@@ -291,6 +291,7 @@ def train(
     out: str | Path,
     init: str | Path | None = None,
     resume: str | Path | None = None,
+    init_matching: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
     time_limit: float | None = None,
@@ -303,7 +304,9 @@ def train(
     exists, training resumes from it.  ``resume`` continues another run's
     checkpoint (e.g. a committed baseline, whose step, history and learning
     rate it carries); ``init`` seeds a new run with another checkpoint's
-    weights only (e.g. a long quality-3 run for other lambdas).
+    weights only (e.g. a long quality-3 run for other lambdas); with
+    ``init_matching`` only the tensors whose names and shapes match (e.g. a
+    factorized model's transforms for a hyperprior), the rest as built.
     A resumed run keeps the learning rate it had reached unless ``override_lr``
     (then ``cfg.lr`` replaces it); ``time_limit`` (seconds) stops it early
     with a checkpoint (see :func:`train_steps`).
@@ -325,9 +328,17 @@ def train(
         state = dict(ckpt.get("train_state") or {})
         log(f"resuming {source} at step {state.get('step', 0)}")
     elif init is not None:
-        zoo.assign_weights(model, read_state_dict(init), str(init))
         state["init"] = init_provenance(init)
-        log(f"initialised from {init}")
+        if init_matching:
+            parts = zoo.assign_matching_weights(model, read_state_dict(init), str(init))
+            params = {n for n, _ in model.named_parameters()}  # constant buffers (LowerBound.bound) say nothing
+            state["init"]["copied"] = sorted({k.split(".")[0] for k in parts["copied"] if k in params})
+            state["init"]["kept"] = sorted({k.split(".")[0] for k in parts["kept"] if k in params})
+            log(f"initialised {', '.join(state['init']['copied'])} from {init} ({len(parts['copied'])} tensors); "
+                f"{', '.join(state['init']['kept']) or 'nothing'} as built")
+        else:
+            zoo.assign_weights(model, read_state_dict(init), str(init))
+            log(f"initialised from {init}")
     model.to(device)
     train_files, val_files = split_photos(data, cfg.val_fraction)
     log(f"{len(train_files)} training photos, {len(val_files)} validation photos ({', '.join(f.name for f in val_files)}), device {device}")

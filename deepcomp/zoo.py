@@ -30,11 +30,19 @@ DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
 #: CompressAI's lambda per quality for the MSE models (quality 1..8).
 MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
 
-#: CompressAI's published Kodak results (bpp, PSNR) for bmshj2018-factorized, MSE.
-PUBLISHED_FACTORIZED_KODAK = {
-    1: (0.1226, 26.91), 2: (0.1885, 28.22), 3: (0.2878, 29.62),
-    4: (0.4404, 31.28), 5: (0.6481, 32.96), 6: (0.9670, 35.38),
+#: CompressAI's published Kodak results (bpp, PSNR) per architecture and quality, MSE models
+#: (CompressAI's results/image/kodak/compressai-<arch>_mse_cuda.json).
+PUBLISHED_KODAK = {
+    "bmshj2018-factorized": {
+        1: (0.1226, 26.91), 2: (0.1885, 28.22), 3: (0.2878, 29.62),
+        4: (0.4404, 31.28), 5: (0.6481, 32.96), 6: (0.9670, 35.38),
+    },
+    "bmshj2018-hyperprior": {
+        1: (0.1313, 27.58), 2: (0.2089, 29.20), 3: (0.3199, 30.97), 4: (0.4784, 32.84),
+        5: (0.6687, 34.53), 6: (0.9388, 36.74), 7: (1.2592, 38.58), 8: (1.6602, 40.56),
+    },
 }
+PUBLISHED_FACTORIZED_KODAK = PUBLISHED_KODAK["bmshj2018-factorized"]
 
 
 def _image_models() -> dict:
@@ -145,6 +153,25 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
         full[k] = given[k].to(v.dtype) if k in given else v
     model.load_state_dict(full, strict=True)
     return model
+
+
+def assign_matching_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> dict:
+    """Copy the tensors of ``state_dict`` whose name and shape match ``model``'s; leave the rest as built.
+
+    Seeds one architecture with another's parts, e.g. a factorized model's
+    ``g_a``/``g_s`` into a hyperprior of the same N and M (its entropy
+    bottleneck sits on z, with other shapes, and stays freshly initialised).
+    Derived buffers are never copied.  Returns ``{"copied": [...], "kept": [...]}``
+    (the model's own names); raises when nothing matches.
+    """
+    own = model.state_dict()
+    given = strip_derived(canonical_state_dict(model, state_dict))
+    copied = [k for k, v in own.items() if not is_derived(k) and k in given and tuple(given[k].shape) == tuple(v.shape)]
+    if not copied:
+        raise DeepCompError(f"{source} shares no tensor (same name and shape) with {type(model).__name__}")
+    full = OrderedDict((k, given[k].to(v.dtype) if k in copied else v) for k, v in own.items())
+    model.load_state_dict(full, strict=True)
+    return {"copied": copied, "kept": [k for k in own if not is_derived(k) and k not in copied]}
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:

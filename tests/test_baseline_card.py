@@ -16,3 +16,21 @@ def test_schedule_pieces_from_the_validation_history(tool):
     flat = {"learning_rate_schedule": tool.lr_schedule(history[:2]), "learning_rate": 1e-4, "final_learning_rate": 1e-4}
     assert tool.schedule_text(flat).startswith("0.0001 → 0.0001")
     assert tool.lr_schedule([]) == []
+
+
+def test_published_curves_per_architecture(tool):
+    from deepcomp import zoo
+
+    # the hyperprior's own curve: its published q3 point lies on it; against the factorized curve it is far ahead
+    hp = tool.published_gap("bmshj2018-hyperprior", 0.3199, 30.97)
+    assert abs(hp["psnr_gap_db_at_same_bpp"]) < 0.01 and abs(hp["bpp_gap_pct_at_same_psnr"]) < 0.1
+    fact = tool.published_gap("bmshj2018-factorized", 0.3199, 30.97)
+    assert fact["psnr_gap_db_at_same_bpp"] > 0.5 and fact["bpp_gap_pct_at_same_psnr"] < -15
+    assert tool.published_gap("mbt2018", 0.3, 30.0) == {}
+    # a family BD-rate needs four qualities of one architecture; the published points score 0 against themselves
+    cards = [{"arch": "bmshj2018-hyperprior", "quality": q, "kodak": {"bpp": b, "psnr": p}}
+             for q, (b, p) in zoo.PUBLISHED_KODAK["bmshj2018-hyperprior"].items() if q <= 4]
+    bd, bdp = tool.family_vs_published("bmshj2018-hyperprior", cards)
+    assert abs(bd) < 0.5 and abs(bdp) < 0.02
+    assert tool.family_vs_published("bmshj2018-hyperprior", cards[:3]) == (None, None)
+    assert tool.family_vs_published("bmshj2018-factorized", cards) == (None, None)

@@ -60,9 +60,14 @@ def test_pick_headline(tool):
     assert tool.pick(rows, 30.0, 2.0, 5.0)["headline"] is None
     assert tool.shipped_settings(rows, c, 20.0) == ["a", "b"]  # the headline, and the largest ratio at <= 5 %
     assert c["reference"] == "baselines" and tool.reference_key(rows) == "bd_rate_psnr"
-    psnr = [dict(r, bd_psnr_db={"a": -1.0, "b": -0.5, "c": -3.0, "d": 0.2, "e": math.nan}[r["setting"]]) for r in rows]
-    assert tool.shipped_settings(psnr, tool.pick(psnr, 60.0, 2.0, 5.0), 60.0) == ["d", "b"]  # no headline: the best BD-PSNR
-    assert tool.shipped_settings(psnr, tool.pick(psnr, 30.0, 2.0, 5.0), 30.0) == ["b"]  # ... of those at the target ratio
+    # no headline: the smallest validation loss increase (training photos), never Kodak's BD-PSNR
+    val = [dict(r, bd_psnr_db={"a": -1.0, "b": -0.5, "c": -3.0, "d": 0.2, "e": 5.0}[r["setting"]],
+                val_loss_increase_pct={"a": 2.0, "b": 3.0, "c": 1.0, "d": 0.5, "e": math.nan}[r["setting"]]) for r in rows]
+    assert tool.shipped_settings(val, tool.pick(val, 60.0, 2.0, 5.0), 60.0) == ["d", "b"]  # none reaches 60x: among all
+    assert tool.shipped_settings(val, tool.pick(val, 30.0, 2.0, 5.0), 30.0) == ["c", "b"]  # of those at 30x, c (e has none)
+    base = [{"val_loss": 2.0}, {"val_loss": 1.0}]
+    assert tool._val_increase(base, [{"val_loss": 2.2}, {"val_loss": 1.0}]) == pytest.approx(5.0)
+    assert math.isnan(tool._val_increase(base, [{"val_loss": None}, {"val_loss": 1.0}]))
 
     # with a family BD-rate against the controls for every setting, the headline is judged against them
     ctrl = {"a": 6.0, "b": 12.0, "c": 20.0, "d": 1.0, "e": 30.0}

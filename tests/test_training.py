@@ -109,3 +109,30 @@ def test_resumed_run_keeps_its_learning_rate_unless_one_is_given(photos, tmp_pat
     training.train(slow, photos, given, resume=out, progress=False, log=lambda _: None, override_lr=True)
     assert torch.load(kept, weights_only=True)["train_state"]["history"][-1]["lr"] == pytest.approx(1e-4)
     assert torch.load(given, weights_only=True)["train_state"]["history"][-1]["lr"] == pytest.approx(3e-5)
+
+
+def test_init_matching_seeds_a_hyperprior_with_factorized_transforms(photos, tmp_path):
+    from deepcomp import cli, zoo
+
+    src = zoo.build("bmshj2018-factorized", 3)
+    base = tmp_path / "factorized.pth.tar"
+    torch.save({"state_dict": src.state_dict()}, base)
+    out = tmp_path / "hyper.pth.tar"
+    hc = training.TrainConfig(arch="bmshj2018-hyperprior", quality=3, steps=1, batch_size=2, patch_size=64, val_every=1,
+                              val_fraction=0.25, threads=1, lr=1e-12)
+    logs = []
+    training.train(hc, photos, out, init=base, init_matching=True, progress=False, log=logs.append)
+    ck = torch.load(out, weights_only=True)
+    init = ck["train_state"]["init"]
+    assert init["copied"] == ["g_a", "g_s"] and init["kept"] == ["entropy_bottleneck", "h_a", "h_s"]
+    # one step at a negligible learning rate: the transforms are the factorized model's, the rest is not
+    assert torch.allclose(ck["state_dict"]["g_a.0.weight"], src.state_dict()["g_a.0.weight"], atol=1e-6)
+    assert ck["state_dict"]["entropy_bottleneck.quantiles"].shape[0] == 128  # on z (N), not y (M = 192)
+    assert any("g_a, g_s" in line and "as built" in line for line in logs)
+    # the strict --init refuses the same file, and --init-matching refuses an unrelated one
+    with pytest.raises(DeepCompError, match="does not fit"):
+        training.train(hc, photos, tmp_path / "strict.pth.tar", init=base, progress=False, log=logs.append)
+    torch.save({"state_dict": {"other.weight": torch.zeros(3)}}, tmp_path / "unrelated.pth.tar")
+    with pytest.raises(DeepCompError, match="shares no tensor"):
+        zoo.assign_matching_weights(zoo.build("bmshj2018-hyperprior", 3), {"other.weight": torch.zeros(3)})
+    assert cli.main(["train", "--init-matching", "-o", str(tmp_path / "x.pth.tar")]) != 0

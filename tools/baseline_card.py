@@ -5,9 +5,10 @@
 For each checkpoint (written by `deepcomp train` + `training.export_baseline`)
 it evaluates Kodak with real bitstreams (compress/decompress) and writes
 ``<stem>.md`` and ``<stem>.json`` next to it, comparing with CompressAI's
-published bmshj2018-factorized curve: BD-rate (PSNR) once four or more
-qualities exist, else the PSNR gap at the same bpp and the bpp gap at the same
-PSNR where the point lies inside the published range.
+published curve of its architecture (bmshj2018-factorized, bmshj2018-hyperprior):
+BD-rate (PSNR) once four or more qualities of one architecture exist, else the
+PSNR gap at the same bpp and the bpp gap at the same PSNR where the point lies
+inside the published range.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ COMMAND = "bash tools/run.sh python tools/baseline_card.py {paths} --data {data}
 
 def published_gap(arch: str, bpp: float, psnr: float) -> dict:
     """PSNR gap at equal bpp and bpp gap at equal PSNR against the published curve (log-bpp, linear)."""
-    if arch != "bmshj2018-factorized":
+    if arch not in zoo.PUBLISHED_KODAK:
         return {}
-    pts = sorted(zoo.PUBLISHED_FACTORIZED_KODAK.values())
+    pts = sorted(zoo.PUBLISHED_KODAK[arch].values())
     lr = np.log([b for b, _ in pts])
     ps = np.array([p for _, p in pts])
     out = {"published_bpp_range": [pts[0][0], pts[-1][0]], "published_psnr_range": [pts[0][1], pts[-1][1]]}
@@ -88,7 +89,7 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "last_validation": {k: history[-1][k] for k in ("step", "val_loss", "val_bpp", "val_psnr")} if history else None,
         "kodak": {"images": mean["images"], "bpp": mean["bpp"], "psnr": mean["psnr"], "ssim": mean["ssim"], "ms_ssim": mean["ms_ssim"],
                   "encode_s": mean["encode_s"], "decode_s": mean["decode_s"]},
-        "published": zoo.PUBLISHED_FACTORIZED_KODAK.get(quality) if arch == "bmshj2018-factorized" else None,
+        "published": zoo.PUBLISHED_KODAK.get(arch, {}).get(quality),
         "gap": published_gap(arch, mean["bpp"], mean["psnr"]),
         "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
@@ -115,6 +116,8 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
             lmbda = init.get("lmbda") or (zoo.mse_lambda(init["quality"]) if init.get("quality") in zoo.MSE_LAMBDAS else None)
             src += f" (quality {init.get('quality')}, λ = {lmbda}, step {init['step']}"
             src += f", {init['seconds'] / 3600:.2f} h)" if init.get("seconds") else ")"
+        if init.get("copied"):
+            src += f": only {', '.join(f'`{m}`' for m in init['copied'])}; {', '.join(f'`{m}`' for m in init.get('kept') or []) or 'nothing'} trained from scratch"
         lines.append(f"| initialised from | {src}; the steps above are this run's own |")
     lines += [
         f"| learning rate | {schedule_text(f)} |",
@@ -145,25 +148,29 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
     return "\n".join(lines)
 
 
+def family_vs_published(arch: str, facts: list[dict]) -> tuple[float | None, float | None]:
+    """BD-rate (%) and BD-PSNR (dB) of ``arch``'s cards against its published curve; None below four qualities."""
+    published = zoo.PUBLISHED_KODAK.get(arch, {})
+    fam = [f for f in facts if f["arch"] == arch and f["quality"] in published]
+    if len({f["quality"] for f in fam}) < 4:
+        return None, None
+    pub = [published[q] for q in sorted(published)]
+    ours = sorted((f["kodak"]["bpp"], f["kodak"]["psnr"]) for f in fam)
+    bd = report.bd_rate([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
+    bdp = report.bd_psnr([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
+    return (None if math.isnan(bd) else bd), (None if math.isnan(bdp) else bdp)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoints", type=Path, nargs="+")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kodak"))
     args = ap.parse_args()
     facts = [card(p, args.data, p.parent) for p in args.checkpoints]
-    fam = [f for f in facts if f["arch"] == "bmshj2018-factorized" and f["quality"] in zoo.PUBLISHED_FACTORIZED_KODAK]
-    family_bd = family_bd_psnr = None
-    if len({f["quality"] for f in fam}) >= 4:
-        pub = [zoo.PUBLISHED_FACTORIZED_KODAK[q] for q in sorted(zoo.PUBLISHED_FACTORIZED_KODAK)]
-        ours = sorted((f["kodak"]["bpp"], f["kodak"]["psnr"]) for f in fam)
-        bd = report.bd_rate([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
-        family_bd = None if math.isnan(bd) else bd
-        bdp = report.bd_psnr([b for b, _ in pub], [p for _, p in pub], [b for b, _ in ours], [p for _, p in ours])
-        family_bd_psnr = None if math.isnan(bdp) else bdp
+    family = {arch: family_vs_published(arch, facts) for arch in {f["arch"] for f in facts}}
     command = COMMAND.format(paths=" ".join(str(p) for p in args.checkpoints), data=args.data)
     for p, f in zip(args.checkpoints, facts):
-        f["family_bd_rate_vs_published"] = family_bd if f in fam else None
-        f["family_bd_psnr_vs_published"] = family_bd_psnr if f in fam else None
+        f["family_bd_rate_vs_published"], f["family_bd_psnr_vs_published"] = family[f["arch"]]
         f["command"] = command
         stem = p.name.split(".")[0]
         atomic_write_bytes(p.parent / f"{stem}.json", (json.dumps(f, indent=1) + "\n").encode())

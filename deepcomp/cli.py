@@ -37,8 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, steps=args.steps,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr if args.lr is not None else TrainConfig.lr,
-        val_every=args.val_every, seed=args.seed, threads=args.threads,
+        val_every=args.val_every, seed=args.seed, threads=args.threads, scratch_lr=args.scratch_lr,
     )
+    if args.scratch_lr is not None and not args.init_matching:
+        raise DeepCompError("--scratch-lr needs --init-matching (it sets the learning rate of the modules that start from scratch)")
     if args.init is not None and args.resume is not None:
         raise DeepCompError("give --init or --resume, not both")
     if args.init_matching and args.init is None:
@@ -285,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--init", type=Path, default=None, help="start a new run from these weights")
     t.add_argument("--init-matching", action="store_true",
                    help="with --init: copy only the tensors whose names and shapes match (e.g. a factorized model's g_a/g_s into a hyperprior)")
+    t.add_argument("--scratch-lr", type=_positive_float, default=None,
+                   help="with --init-matching: learning rate of the modules that start from scratch (default: --lr); kept on resume")
     t.add_argument("--resume", type=Path, default=None, help="continue this run (e.g. a committed baseline) into --out")
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")

@@ -16,7 +16,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ class TrainConfig:
     patch_size: int = 256
     lr: float = 1e-4
     aux_lr: float = 1e-3
+    scratch_lr: float | None = None  # lr of the modules an --init-matching run starts from scratch (None: lr)
     clip_max_norm: float = 1.0
     val_every: int = 500
     val_fraction: float = 0.1
@@ -135,10 +136,22 @@ def evaluate_rd(model: nn.Module, crops: torch.Tensor, lmbda: float, batch: int 
 
 
 # ---------------------------------------------------------------- optimisation
-def configure_optimizers(model: nn.Module, lr: float, aux_lr: float):
-    params = [p for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
+def configure_optimizers(model: nn.Module, lr: float, aux_lr: float, scratch: Sequence[str] = (), scratch_lr: float | None = None):
+    """Adam on the network, a second Adam on the entropy bottlenecks' quantiles.
+
+    With ``scratch`` (top-level module names, e.g. ``h_a``) the network's Adam
+    has a second parameter group for those modules at ``scratch_lr`` (default
+    ``lr``): a model seeded in part by ``--init-matching`` trains its new parts
+    faster than the seeded ones.  The groups depend only on ``scratch``, so a
+    resumed run rebuilds the same ones."""
+    named = [(n, p) for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
+    new = [p for n, p in named if n.split(".")[0] in set(scratch)]
+    if new:
+        old = [p for n, p in named if n.split(".")[0] not in set(scratch)]
+        opt = torch.optim.Adam([{"params": old, "lr": lr}, {"params": new, "lr": scratch_lr or lr}], lr=lr)
+    else:
+        opt = torch.optim.Adam([p for _, p in named], lr=lr)
     aux_opt = torch.optim.Adam(aux, lr=aux_lr) if aux else None
     return opt, aux_opt
 
@@ -178,7 +191,10 @@ def train_steps(
 
     device = next(model.parameters()).device
     lmbda = cfg.resolved_lambda()
-    opt, aux_opt = configure_optimizers(model, cfg.lr, cfg.aux_lr)
+    init = state.get("init") or {}
+    # a run that started with a scratch lr keeps its two parameter groups (and their lrs) when resumed
+    scratch = init.get("kept", ()) if init.get("scratch_lr") else ()
+    opt, aux_opt = configure_optimizers(model, cfg.lr, cfg.aux_lr, scratch=scratch, scratch_lr=init.get("scratch_lr"))
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr)
     if state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
@@ -334,6 +350,8 @@ def train(
             params = {n for n, _ in model.named_parameters()}  # constant buffers (LowerBound.bound) say nothing
             state["init"]["copied"] = sorted({k.split(".")[0] for k in parts["copied"] if k in params})
             state["init"]["kept"] = sorted({k.split(".")[0] for k in parts["kept"] if k in params})
+            if cfg.scratch_lr is not None:
+                state["init"]["scratch_lr"] = cfg.scratch_lr
             log(f"initialised {', '.join(state['init']['copied'])} from {init} ({len(parts['copied'])} tensors); "
                 f"{', '.join(state['init']['kept']) or 'nothing'} as built")
         else:

@@ -1,5 +1,6 @@
 """Training: a few real RD steps, checkpoint, resume, export of a CompressAI-loadable baseline."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -136,3 +137,31 @@ def test_init_matching_seeds_a_hyperprior_with_factorized_transforms(photos, tmp
     with pytest.raises(DeepCompError, match="shares no tensor"):
         zoo.assign_matching_weights(zoo.build("bmshj2018-hyperprior", 3), {"other.weight": torch.zeros(3)})
     assert cli.main(["train", "--init-matching", "-o", str(tmp_path / "x.pth.tar")]) != 0
+    assert cli.main(["train", "--scratch-lr", "1e-3", "-o", str(tmp_path / "x.pth.tar")]) != 0
+
+
+def test_scratch_lr_trains_the_new_modules_faster_and_survives_a_resume(photos, tmp_path):
+    from deepcomp import zoo
+
+    base = tmp_path / "factorized.pth.tar"
+    torch.save({"state_dict": zoo.build("bmshj2018-factorized", 3).state_dict()}, base)
+    out = tmp_path / "hyper.pth.tar"
+    hc = training.TrainConfig(arch="bmshj2018-hyperprior", quality=3, steps=1, batch_size=2, patch_size=64, val_every=1,
+                              val_fraction=0.25, threads=1, scratch_lr=1e-3)
+    training.train(hc, photos, out, init=base, init_matching=True, progress=False, log=lambda _: None)
+    st = torch.load(out, weights_only=True)["train_state"]
+    assert st["init"]["scratch_lr"] == 1e-3
+    assert [g["lr"] for g in st["optimizer"]["param_groups"]] == [1e-4, 1e-3]
+    new = [n for n, _ in zoo.build("bmshj2018-hyperprior", 3).named_parameters()
+           if n.split(".")[0] in ("h_a", "h_s", "entropy_bottleneck") and not n.endswith("quantiles")]
+    assert len(st["optimizer"]["param_groups"][1]["params"]) == len(new) > 0
+    # resumed without the flag (its config is not what decides), the run keeps both groups; --lr sets both
+    hc2 = training.TrainConfig(arch="bmshj2018-hyperprior", quality=3, steps=2, batch_size=2, patch_size=64, val_every=1,
+                               val_fraction=0.25, threads=1, lr=1e-5)
+    training.train(hc2, photos, out, progress=False, log=lambda _: None, override_lr=True)
+    st = torch.load(out, weights_only=True)["train_state"]
+    assert st["step"] == 2 and [g["lr"] for g in st["optimizer"]["param_groups"]] == [1e-5, 1e-5]
+    # a run seeded without a scratch lr has one group, as before
+    one = tmp_path / "one.pth.tar"
+    training.train(dataclasses.replace(hc, scratch_lr=None), photos, one, init=base, init_matching=True, progress=False, log=lambda _: None)
+    assert len(torch.load(one, weights_only=True)["train_state"]["optimizer"]["param_groups"]) == 1

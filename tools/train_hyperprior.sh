@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The bmshj2018-hyperprior baseline at quality 3, seeded with the factorized quality-3 baseline's transforms:
 # the two models share g_a and g_s (N=128, M=192), so only h_a, h_s and the entropy bottleneck on z start from
-# scratch (`deepcomp train --init-matching`). Then ANNEAL steps at ANNEAL_LR, the export and its model card
-# (Kodak, real bitstreams, against CompressAI's published hyperprior curve).
+# scratch (`deepcomp train --init-matching`), at SCRATCH_LR (the seeded transforms at 1e-4). Then ANNEAL steps at
+# ANNEAL_LR, the export and its model card (Kodak, real bitstreams, against CompressAI's published hyperprior curve).
 #
 #   bash tools/run.sh bash tools/train_hyperprior.sh [STEPS]   # default 6000 steps at lr 1e-4, then ANNEAL steps;
 #                                                # resumable: a rerun continues runs/hyperprior/q3.train.pth.tar
 #   MINUTES=50                                   # stop the 1e-4 phase after 50 minutes (a rerun continues it)
-#   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=1
+#   SCRATCH_LR=1e-3 ANNEAL=300 ANNEAL_LR=1e-5 THREADS=1
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
@@ -15,13 +15,14 @@ cd "$(dirname "$0")/.."
 STEPS=${1:-6000}
 ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
+SCRATCH_LR=${SCRATCH_LR:-1e-3}
 PY=${PY:-python}
 RUN=runs/hyperprior/q3.train.pth.tar
 OUT=artifacts/bmshj2018-hyperprior-q3.pth.tar
 common=(--arch bmshj2018-hyperprior --quality 3 -o "$RUN" --batch-size 8 --patch-size 128 --val-every 250 ${THREADS:+--threads $THREADS})
 mkdir -p runs/hyperprior
 "$PY" -m deepcomp.cli train "${common[@]}" --init artifacts/bmshj2018-factorized-q3.pth.tar --init-matching \
-  --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}
+  --scratch-lr "$SCRATCH_LR" --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}
 step=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['train_state']['step'])" "$RUN")
 if [ "$step" -lt "$STEPS" ]; then
   echo "tools/train_hyperprior.sh: stopped at step $step of $STEPS (time limit); rerun to continue" >&2

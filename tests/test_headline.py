@@ -132,6 +132,11 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path, capsys):
     mtime = (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns
     assert tool.main(args) == 0
     assert (work / "prune0.5-bits4" / "q1" / "final.dcmp").stat().st_mtime_ns == mtime
+    # one quality alone (its finished work reused): no BD-rate, and no verdict on the target
+    one = tmp_path / "one"
+    assert tool.main([ckpts[1]] + [str(one) if a == str(out) else a for a in args[len(ckpts):]]) == 0
+    md = (one / "headline.md").read_text()
+    assert "One quality only: no BD-rate" in md and "No setting reached" not in md and "Largest ratio" not in md
     # the control: the baseline of quality 3 trained on, unpruned, for retrain + centroid steps
     assert tool.main(args + ["--control", "3"]) == 0
     doc = json.loads((out / "headline.json").read_text())

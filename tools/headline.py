@@ -304,34 +304,46 @@ def reproduce_command(argv) -> str:
     return "bash tools/run.sh python tools/headline.py " + " ".join(shlex.quote(a) for a in argv)
 
 
+def headline_summary(rows, choice, args, against: str) -> list[str]:
+    """The family's verdict on the target: the headline setting, or the best there is."""
+    h, key = choice["headline"], choice.get("key", "bd_rate_psnr")
+    if h:
+        also = (f"; against the baselines as they are: {h['bd_rate_psnr']:+.2f} %" if key == "bd_rate_psnr_vs_control" else
+                f" (MS-SSIM {_f(h['bd_rate_ms_ssim'], '+.2f')} %)")
+        return [f"**Headline: `{h['setting']}`: every model file is at least {h['min_ratio']:.1f}x smaller than its fp32 "
+                f"state_dict ({h['family_ratio']:.1f}x for the family together) at a BD-rate (PSNR) of {h[key]:+.2f} % "
+                f"{against}{also}.**"]
+    lines = [f"**No setting reached {args.target_ratio:g}x at a BD-rate (PSNR) of at most {args.max_bd:g} % {against}.**"]
+    if choice["best_bd"]:
+        b = choice["best_bd"]
+        lines.append(f"The smallest BD-rate was {b[key]:+.2f} % (`{b['setting']}`, {b['min_ratio']:.1f}x).")
+    finals = [r for r in rows if r["stage"] == "huffman"]
+    if finals and not choice["best_bd"]:
+        lines.append("The BD-rate (PSNR) is undefined for every setting: the compressed family's PSNR range does not overlap "
+                     "the baselines'. At the same bpp (BD-PSNR): " + "; ".join(
+                         f"`{r['setting']}` {_u(r['bd_psnr_db'], '+.2f', ' dB')} at {r['min_ratio']:.1f}x" for r in finals) + ".")
+    return lines
+
+
+def relaxed_summary(choice, args, against: str) -> list[str]:
+    rel, key = choice["largest_at_relaxed"], choice.get("key", "bd_rate_psnr")
+    if rel:
+        return [f"Largest ratio at a BD-rate (PSNR) of at most {args.relaxed_bd:g} % {against}: **{rel['min_ratio']:.1f}x** "
+                f"(`{rel['setting']}`, {rel[key]:+.2f} %)."]
+    return [f"No setting stayed within {args.relaxed_bd:g} % BD-rate (PSNR) {against}."]
+
+
 def markdown(rows, per_setting, choice, args, command, kept: list[str], controls=None) -> str:
-    h, rel, key = choice["headline"], choice["largest_at_relaxed"], choice.get("key", "bd_rate_psnr")
-    vs_ctrl = key == "bd_rate_psnr_vs_control"
+    vs_ctrl = choice.get("key") == "bd_rate_psnr_vs_control"
     against = ("against the controls (the baselines trained on, unpruned, for as many steps, ending as the pipeline does)"
                if vs_ctrl else "against the uncompressed baselines")
     lines = ["# Deep Compression with retraining on the bmshj2018-factorized family", ""]
-    if h:
-        also = (f"; against the baselines as they are: {h['bd_rate_psnr']:+.2f} %" if vs_ctrl else
-                f" (MS-SSIM {_f(h['bd_rate_ms_ssim'], '+.2f')} %)")
-        lines.append(f"**Headline: `{h['setting']}`: every model file is at least {h['min_ratio']:.1f}x smaller than its fp32 "
-                     f"state_dict ({h['family_ratio']:.1f}x for the family together) at a BD-rate (PSNR) of {h[key]:+.2f} % "
-                     f"{against}{also}.**")
+    n_q = len({q for per_q in per_setting.values() for q in per_q})
+    if n_q < 2:
+        lines.append("**One quality only: no BD-rate, which needs a family of qualities.** Per quality: the tables below"
+                     + (" and the comparison with the control at the end." if controls else "."))
     else:
-        lines.append(f"**No setting reached {args.target_ratio:g}x at a BD-rate (PSNR) of at most {args.max_bd:g} % {against}.**")
-        if choice["best_bd"]:
-            b = choice["best_bd"]
-            lines.append(f"The smallest BD-rate was {b[key]:+.2f} % (`{b['setting']}`, {b['min_ratio']:.1f}x).")
-        finals = [r for r in rows if r["stage"] == "huffman"]
-        if finals and not choice["best_bd"]:
-            lines.append("The BD-rate (PSNR) is undefined for every setting: the compressed family's PSNR range does not overlap "
-                         "the baselines'. At the same bpp (BD-PSNR): " + "; ".join(
-                             f"`{r['setting']}` {_u(r['bd_psnr_db'], '+.2f', ' dB')} at {r['min_ratio']:.1f}x" for r in finals) + ".")
-    lines.append("")
-    if rel:
-        lines.append(f"Largest ratio at a BD-rate (PSNR) of at most {args.relaxed_bd:g} % {against}: **{rel['min_ratio']:.1f}x** "
-                     f"(`{rel['setting']}`, {rel[key]:+.2f} %).")
-    else:
-        lines.append(f"No setting stayed within {args.relaxed_bd:g} % BD-rate (PSNR) {against}.")
+        lines += headline_summary(rows, choice, args, against) + [""] + relaxed_summary(choice, args, against)
     if controls:
         lines += ["", "**Against the controls** (the baselines trained on unpruned for as many steps; see the end): " + "; ".join(
             f"`{setting}` q{q}: {_control_delta(per_q[q], controls[q])}" for setting, per_q in per_setting.items() for q in sorted(per_q)

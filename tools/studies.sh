@@ -24,6 +24,10 @@
 #                final file to train: to use both cores, run `THREADS=1 ... studies.sh controls` beside
 #                `THREADS=1 ... studies.sh headline` (it stops with "no final file" once its controls are trained),
 #                then `studies.sh headline controls` again, which only reports
+#   retraining   the shipped setting (alloc21-bits5) retrained three times as long: 3,000 masked steps in four AGP rounds,
+#                300 centroid steps, against controls trained as long (3,000 at lr 1e-4 + 300 at 1e-5); qualities
+#                LONG_QUALITIES (default 3; "1 2 3 4" gives the family BD-rate) (artifacts/retraining/alloc21-bits5-3000steps/;
+#                ~55 min a quality for the pipeline and ~45 min for its control, on one core)
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -47,7 +51,7 @@ SHIPPED=alloc21-bits5  # the setting whose files headline.py ships at >= 20x (mo
 SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5
           --setting alloc23.5-bits5 --setting alloc21-bits5 --setting alloc15-bits5)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls parts structured comparison)
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining parts structured comparison)
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
@@ -71,6 +75,11 @@ for step in "${steps[@]}"; do
       "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)
       "$PY" tools/headline.py "${FAMILY[@]}" --setting "$SHIPPED" "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
+    retraining)
+      long=(); for q in ${LONG_QUALITIES:-3}; do long+=($B-q$q.pth.tar); done
+      "$PY" tools/headline.py "${long[@]}" --setting "$SHIPPED" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
+        --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
+        -o artifacts/retraining/$SHIPPED-3000steps --work runs/long3000 --threads "$THREADS" --quiet ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
@@ -82,6 +91,6 @@ for step in "${steps[@]}"; do
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
-    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls parts structured comparison)" >&2; exit 2 ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining parts structured comparison)" >&2; exit 2 ;;
   esac
 done

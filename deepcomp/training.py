@@ -146,9 +146,10 @@ def configure_optimizers(model: nn.Module, lr: float, aux_lr: float, scratch: Se
     resumed run rebuilds the same ones."""
     named = [(n, p) for n, p in model.named_parameters() if not n.endswith(".quantiles") and p.requires_grad]
     aux = [p for n, p in model.named_parameters() if n.endswith(".quantiles") and p.requires_grad]
-    new = [p for n, p in named if n.split(".")[0] in set(scratch)]
+    scratch = set(scratch)
+    new = [p for n, p in named if n.split(".")[0] in scratch]
     if new:
-        old = [p for n, p in named if n.split(".")[0] not in set(scratch)]
+        old = [p for n, p in named if n.split(".")[0] not in scratch]
         opt = torch.optim.Adam([{"params": old, "lr": lr}, {"params": new, "lr": scratch_lr or lr}], lr=lr)
     else:
         opt = torch.optim.Adam([p for _, p in named], lr=lr)

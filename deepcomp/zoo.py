@@ -148,11 +148,13 @@ def assign_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sou
             if thinner and not missing and not unexpected:
                 parts.append("if it is channel-pruned, its channel widths must be recorded (config \"widths\")")
         raise DeepCompError(f"{source} does not fit {type(model).__name__}: " + "; ".join(parts))
-    full = OrderedDict()
-    for k, v in own.items():
-        full[k] = given[k].to(v.dtype) if k in given else v
-    model.load_state_dict(full, strict=True)
+    _load_over_own(model, own, given)
     return model
+
+
+def _load_over_own(model: nn.Module, own: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> None:
+    """Load ``given`` (in the model's dtypes) into ``model``, its own tensors ``own`` where ``given`` has none."""
+    model.load_state_dict(OrderedDict((k, given[k].to(v.dtype) if k in given else v) for k, v in own.items()), strict=True)
 
 
 def assign_matching_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> dict:
@@ -166,12 +168,11 @@ def assign_matching_weights(model: nn.Module, state_dict: Mapping[str, torch.Ten
     """
     own = model.state_dict()
     given = strip_derived(canonical_state_dict(model, state_dict))
-    copied = [k for k, v in own.items() if not is_derived(k) and k in given and tuple(given[k].shape) == tuple(v.shape)]
-    if not copied:
+    matching = {k: given[k] for k, v in own.items() if not is_derived(k) and k in given and tuple(given[k].shape) == tuple(v.shape)}
+    if not matching:
         raise DeepCompError(f"{source} shares no tensor (same name and shape) with {type(model).__name__}")
-    full = OrderedDict((k, given[k].to(v.dtype) if k in copied else v) for k, v in own.items())
-    model.load_state_dict(full, strict=True)
-    return {"copied": copied, "kept": [k for k in own if not is_derived(k) and k not in copied]}
+    _load_over_own(model, own, matching)
+    return {"copied": list(matching), "kept": [k for k in own if not is_derived(k) and k not in matching]}
 
 
 def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state_dict") -> nn.Module:

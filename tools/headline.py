@@ -184,7 +184,7 @@ def _val_increase(base: list[dict], stage: list[dict]) -> float:
     """Mean over the qualities of the validation RD loss increase (%) against the baseline: the training photos'
     judgement of a setting, comparable across qualities whose lambdas differ."""
     pairs = [(b.get("val_loss"), s.get("val_loss")) for b, s in zip(base, stage)]
-    if not pairs or any(v is None or not math.isfinite(v) or not (b or 0) > 0 for b, v in pairs):
+    if not pairs or any(b is None or b <= 0 or v is None or not math.isfinite(v) for b, v in pairs):
         return math.nan
     return 100 * sum(v / b - 1 for b, v in pairs) / len(pairs)
 

@@ -26,8 +26,9 @@
 #                then `studies.sh headline controls` again, which only reports
 #   retraining   the shipped setting (alloc21-bits5) retrained three times as long: 3,000 masked steps in four AGP rounds,
 #                300 centroid steps, against controls trained as long (3,000 at lr 1e-4 + 300 at 1e-5); qualities
-#                LONG_QUALITIES (default 3; "1 2 3 4" gives the family BD-rate) (artifacts/retraining/alloc21-bits5-3000steps/;
-#                ~55 min a quality for the pipeline and ~45 min for its control, on one core)
+#                LONG_QUALITIES (default 3; "1 2 3 4" gives the family BD-rate), settings LONG_SETTINGS (default the
+#                shipped one; the controls are shared) (artifacts/retraining/<setting>-3000steps/;
+#                ~55 min a quality and setting for the pipeline and ~45 min a quality for its control, on one core)
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -77,9 +78,11 @@ for step in "${steps[@]}"; do
       "$PY" tools/headline.py "${FAMILY[@]}" --setting "$SHIPPED" "${HEADLINE[@]}" --control --controls-only --threads "$THREADS" --quiet ;;
     retraining)
       long=(); for q in ${LONG_QUALITIES:-3}; do long+=($B-q$q.pth.tar); done
-      "$PY" tools/headline.py "${long[@]}" --setting "$SHIPPED" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
-        --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
-        -o artifacts/retraining/$SHIPPED-3000steps --work runs/long3000 --threads "$THREADS" --quiet ;;
+      for s in ${LONG_SETTINGS:-$SHIPPED}; do
+        "$PY" tools/headline.py "${long[@]}" --setting "$s" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
+          --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
+          -o artifacts/retraining/$s-3000steps --work runs/long3000 --threads "$THREADS" --quiet
+      done ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;

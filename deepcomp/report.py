@@ -381,6 +381,33 @@ def plot_size_vs_ssim(rows: Sequence[Mapping], path: str | os.PathLike, baseline
         plt.close(fig)
 
 
+
+def plot_training(history: Sequence[Mapping], path: str | os.PathLike, title: str = "Training") -> Path | None:
+    """Validation RD loss and PSNR against the step of a ``deepcomp train`` history, one colour per learning rate."""
+    pts = [h for h in history if math.isfinite(h.get("val_loss", math.nan))]
+    if not pts:
+        return None
+    plt = _pyplot()
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    rates = sorted({h["lr"] for h in pts}, reverse=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    for ax, key, label in ((top, "val_loss", "val RD loss"), (bottom, "val_psnr", "val PSNR (dB)")):
+        ax.plot([h["step"] for h in pts], [h[key] for h in pts], color="lightgrey", zorder=1)
+        for i, lr in enumerate(rates):
+            sel = [h for h in pts if h["lr"] == lr]
+            ax.scatter([h["step"] for h in sel], [h[key] for h in sel], s=12, color=cycle[i % len(cycle)], label=f"lr {lr:g}", zorder=2)
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.4)
+    top.set_yscale("log")  # the first steps' losses are many times the later ones
+    top.legend()
+    top.set_title(f"{title}: validation split of the training photos")
+    bottom.set_xlabel("step")
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
 # ---------------------------------------------------------------- the whole report
 def write_report(docs: Sequence[Mapping], out_dir: str | os.PathLike, baseline: str = "baseline", method: str = "pchip", plots: bool = True) -> dict:
     """Tables (markdown, CSV), BD-rates and plots into ``out_dir``; returns the paths written."""

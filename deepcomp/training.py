@@ -186,7 +186,7 @@ def train_steps(
     it is updated in place and returned, so a caller can checkpoint and resume.
     ``time_limit`` (seconds) ends the run early, after a validation and a
     checkpoint, at the first step past it; a later call continues from there.
-    ``set_lr`` replaces the learning rate a resumed state carries.
+    ``set_lr`` replaces the learning rate a resumed state carries and restarts the plateau count.
     """
     from tqdm import tqdm
 
@@ -213,6 +213,9 @@ def train_steps(
         for group in opt.param_groups:
             group["lr"] = set_lr
         sched._last_lr = [set_lr] * len(opt.param_groups)
+        # a new learning rate starts a new plateau count: the best loss of the old phase (an annealed
+        # baseline's, say) would otherwise halve the new rate after lr_patience validations
+        sched.best, sched.num_bad_epochs, sched.cooldown_counter = sched.mode_worse, 0, 0
     state.setdefault("step", 0)
     state.setdefault("history", [])
     device_masks = {k: v.to(device) for k, v in masks.items()} if masks else None

@@ -12,7 +12,7 @@ from deepcomp import cli
 from deepcomp.errors import DeepCompError
 from deepcomp.evaluation import results_document, write_results
 from deepcomp.report import (
-    bd_psnr, bd_rate, bd_rows, collect_results, markdown_table, model_rows, ms_ssim_db, table_csv, write_report,
+    bd_psnr, bd_rate, bd_rows, collect_results, markdown_table, model_rows, ms_ssim_db, plot_training, table_csv, write_report,
 )
 
 ARCH = "bmshj2018-factorized"
@@ -150,3 +150,13 @@ def test_report_cli(tmp_path, capsys):
         rc = cli.main(argv + ["-o", str(tmp_path / "rep2")])
         err = capsys.readouterr().err
         assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and text in err
+
+
+def test_training_curve_plot(tmp_path):
+    history = [{"step": 250 * i, "lr": 1e-4 if i < 5 else 1e-5, "val_loss": 2.0 - 0.05 * i, "val_psnr": 25 + 0.1 * i} for i in range(1, 8)]
+    path = plot_training(history, tmp_path / "q3.training.png", title="q3")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a checkpoint without validations (or without a history) gets no plot
+    assert plot_training([], tmp_path / "none.png") is None
+    assert plot_training([{"step": 1, "lr": 1e-4}], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -112,6 +112,24 @@ def test_resumed_run_keeps_its_learning_rate_unless_one_is_given(photos, tmp_pat
     assert torch.load(given, weights_only=True)["train_state"]["history"][-1]["lr"] == pytest.approx(3e-5)
 
 
+def test_a_given_learning_rate_restarts_the_plateau_count(photos, tmp_path):
+    # an annealed baseline's scheduler remembers its low-rate best loss; a run resumed from it at a higher
+    # rate is worse at first, and must not have that rate halved for not beating the old phase's best
+    out, annealed = tmp_path / "run.pth.tar", tmp_path / "annealed.pth.tar"
+    training.train(cfg(2), photos, out, progress=False, log=lambda _: None)
+    ckpt = torch.load(out, weights_only=True)
+    ckpt["train_state"]["scheduler"].update(best=0.0, num_bad_epochs=4)
+    torch.save(ckpt, annealed)
+    kept, given = tmp_path / "kept.pth.tar", tmp_path / "given.pth.tar"
+    training.train(cfg(4), photos, kept, resume=annealed, progress=False, log=lambda _: None)
+    training.train(cfg(4), photos, given, resume=annealed, progress=False, log=lambda _: None, override_lr=True)
+    kept_state = torch.load(kept, weights_only=True)["train_state"]
+    assert kept_state["scheduler"]["best"] == 0.0 and kept_state["history"][-1]["lr"] == pytest.approx(5e-5)  # halved
+    given_state = torch.load(given, weights_only=True)["train_state"]
+    assert given_state["scheduler"]["best"] == pytest.approx(given_state["history"][-1]["val_loss"])
+    assert given_state["history"][-1]["lr"] == pytest.approx(1e-4)
+
+
 def test_init_matching_seeds_a_hyperprior_with_factorized_transforms(photos, tmp_path):
     from deepcomp import cli, zoo
 

@@ -93,6 +93,9 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "gap": published_gap(arch, mean["bpp"], mean["psnr"]),
         "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    stem = path.name.split(".")[0]
+    curve = report.plot_training(history, out_dir / f"{stem}.training.png", title=stem)
+    facts["training_plot"] = curve.name if curve else None
     return facts
 
 
@@ -144,6 +147,8 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
         bdp = f.get("family_bd_psnr_vs_published")
         lines.append(f"| family BD-PSNR vs published (same bpp) | {bdp:+.2f} dB |" if bdp is not None else
                      "| family BD-PSNR vs published (same bpp) | n/a (needs four or more qualities whose bpp range overlaps the published one) |")
+    if f.get("training_plot"):
+        lines += ["", f"![validation loss and PSNR against the step]({f['training_plot']})"]
     lines += ["", "Reproduce the numbers:", "", f"```sh\n{command}\n```", ""]
     return "\n".join(lines)
 

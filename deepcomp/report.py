@@ -381,7 +381,6 @@ def plot_size_vs_ssim(rows: Sequence[Mapping], path: str | os.PathLike, baseline
         plt.close(fig)
 
 
-
 def plot_training(history: Sequence[Mapping], path: str | os.PathLike, title: str = "Training") -> Path | None:
     """Validation RD loss and PSNR against the step of a ``deepcomp train`` history, one colour per learning rate."""
     pts = [h for h in history if math.isfinite(h.get("val_loss", math.nan))]

@@ -215,7 +215,7 @@ def train_steps(
         sched._last_lr = [set_lr] * len(opt.param_groups)
         # a new learning rate starts a new plateau count: the best loss of the old phase (an annealed
         # baseline's, say) would otherwise halve the new rate after lr_patience validations
-        sched.best, sched.num_bad_epochs, sched.cooldown_counter = sched.mode_worse, 0, 0
+        sched._reset()
     state.setdefault("step", 0)
     state.setdefault("history", [])
     device_masks = {k: v.to(device) for k, v in masks.items()} if masks else None

@@ -183,3 +183,18 @@ def test_scratch_lr_trains_the_new_modules_faster_and_survives_a_resume(photos, 
     one = tmp_path / "one.pth.tar"
     training.train(dataclasses.replace(hc, scratch_lr=None), photos, one, init=base, init_matching=True, progress=False, log=lambda _: None)
     assert len(torch.load(one, weights_only=True)["train_state"]["optimizer"]["param_groups"]) == 1
+
+
+def test_checkpoint_step_tool(photos, tmp_path, load_tool, capsys):
+    tool = load_tool("checkpoint_step")
+    out = tmp_path / "run.pth.tar"
+    training.train(cfg(2), photos, out, progress=False, log=lambda _: None)
+    training.export_baseline(out, tmp_path / "baseline.pth.tar")
+    for path in (out, tmp_path / "baseline.pth.tar"):
+        assert tool.main([str(path)]) == 0 and capsys.readouterr().out.strip() == "2"
+    weights_only = tmp_path / "weights.pth.tar"
+    torch.save({"state_dict": torch.load(out, weights_only=True)["state_dict"]}, weights_only)
+    for bad in ([str(weights_only)], [str(tmp_path / "missing.pth.tar")], []):
+        assert tool.main(bad) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -62,6 +62,11 @@ def schedule_text(f: dict) -> str:
     return ", then ".join(f"{lr:g} to step {step}" for lr, step in pieces) + " (validation plateaus halve it; a final low-rate phase is given with --lr)"
 
 
+def card_stem(path: Path) -> str:
+    """The name a checkpoint's card files share: ``<stem>.md``, ``<stem>.json``, ``<stem>.training.png``."""
+    return path.name.split(".")[0]
+
+
 def card(path: Path, data: Path, out_dir: Path) -> dict:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cfg = ckpt.get("config") or {}
@@ -93,7 +98,7 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "gap": published_gap(arch, mean["bpp"], mean["psnr"]),
         "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
     }
-    stem = path.name.split(".")[0]
+    stem = card_stem(path)
     curve = report.plot_training(history, out_dir / f"{stem}.training.png", title=stem)
     facts["training_plot"] = curve.name if curve else None
     return facts
@@ -177,7 +182,7 @@ def main() -> int:
     for p, f in zip(args.checkpoints, facts):
         f["family_bd_rate_vs_published"], f["family_bd_psnr_vs_published"] = family[f["arch"]]
         f["command"] = command
-        stem = p.name.split(".")[0]
+        stem = card_stem(p)
         atomic_write_bytes(p.parent / f"{stem}.json", (json.dumps(f, indent=1) + "\n").encode())
         atomic_write_bytes(p.parent / f"{stem}.md", markdown(f, command, f["family_bd_rate_vs_published"]).encode())
         print(f"{p.parent / (stem + '.md')}: Kodak bpp {f['kodak']['bpp']:.4f}, PSNR {f['kodak']['psnr']:.2f} dB, MS-SSIM {f['kodak']['ms_ssim']:.4f}")

@@ -26,18 +26,16 @@ START=$OUT
 common=(--quality 3 --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS})
 mkdir -p runs/q3long "$(dirname "$OUT")"
 
-step_of() { "$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['train_state']['step'])" "$1"; }
-
 # the 1e-4 phase: the run in runs/q3long/ continues itself; a fresh one resumes START (which may end at 1e-5)
 "$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr 1e-4 --val-every 250 \
   ${MINUTES:+--minutes $MINUTES}
-step=$(step_of "$RUN")
+step=$("$PY" tools/checkpoint_step.py "$RUN")
 # the annealed copy starts afresh from the run each time
 rm -f "$ANNEALED"
+EXPORT=$RUN
 if [ "$ANNEAL" -gt 0 ]; then
   "$PY" -m deepcomp.cli train "${common[@]}" --resume "$RUN" -o "$ANNEALED" --steps $((step + ANNEAL)) --lr "$ANNEAL_LR" --val-every 100
-else
-  cp "$RUN" "$ANNEALED"
+  EXPORT=$ANNEALED
 fi
-"$PY" -m deepcomp.cli export "$ANNEALED" -o "$OUT"
+"$PY" -m deepcomp.cli export "$EXPORT" -o "$OUT"
 "$PY" tools/baseline_card.py "$OUT" --data ../shared/data/kodak

@@ -19,7 +19,7 @@ JOBS=${JOBS:-1}
 BASE=${BASE:-artifacts/bmshj2018-factorized-q3.pth.tar}
 PY=${PY:-python}
 mkdir -p runs/family
-BASE_STEP=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['train_state']['step'])" "$BASE")
+BASE_STEP=$("$PY" tools/checkpoint_step.py "$BASE")
 
 fine_tune() {
   local q=$1 run="runs/family/q$1-from-q3-step$BASE_STEP.train.pth.tar"

@@ -23,7 +23,7 @@ common=(--arch bmshj2018-hyperprior --quality 3 -o "$RUN" --batch-size 8 --patch
 mkdir -p runs/hyperprior
 "$PY" -m deepcomp.cli train "${common[@]}" --init artifacts/bmshj2018-factorized-q3.pth.tar --init-matching \
   --scratch-lr "$SCRATCH_LR" --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}
-step=$("$PY" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=True)['train_state']['step'])" "$RUN")
+step=$("$PY" tools/checkpoint_step.py "$RUN")
 if [ "$step" -lt "$STEPS" ]; then
   echo "tools/train_hyperprior.sh: stopped at step $step of $STEPS (time limit); rerun to continue" >&2
   exit 0

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import zoo
-from .checkpoints import atomic_write_bytes, read_json, read_state_dict
+from .checkpoints import atomic_write_bytes, read_json, read_state_dict, sha256_file
 from .errors import DeepCompError
 from .images import KODAK_HINT, list_images, read_rgb
 
@@ -177,6 +177,7 @@ def open_model(path: str | os.PathLike, arch: str | None = None, quality: int | 
         "arch": arch,
         "quality": quality,
         "file_bytes": path.stat().st_size,
+        "sha256": sha256_file(path),
         "fp32_bytes": fp32_checkpoint_bytes(model),
     }
     info.update(parameter_stats(model))
@@ -473,6 +474,22 @@ def read_results(path: str | os.PathLike) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != RESULTS_FORMAT:
         raise DeepCompError(f"{path} is not a deepcomp evaluation result (no format {RESULTS_FORMAT!r})")
     return doc
+
+
+def reusable_results(jpath: str | os.PathLike, model_path: str | os.PathLike, data: str | os.PathLike,
+                     images: int) -> dict | None:
+    """The results at ``jpath`` if they are of the same file (by SHA-256, not by name) on the same ``images`` of
+    ``data``; None when they are missing, unreadable or of something else (a retrained file at the same path)."""
+    jpath = Path(jpath)
+    if not jpath.is_file():
+        return None
+    try:
+        doc = read_results(jpath)
+    except DeepCompError:
+        return None
+    same = (doc.get("data") == str(data) and doc.get("mean", {}).get("images") == images
+            and doc.get("model", {}).get("sha256") == sha256_file(model_path))
+    return doc if same else None
 
 
 def output_stems(paths: Sequence[Path]) -> list[str]:

@@ -512,7 +512,8 @@ def storage_policy(policy: Policy) -> Policy:
 
 
 def encode_exact(state_dict: Mapping[str, torch.Tensor], policy: Policy, arch: str | None = None, quality: int | None = None,
-                 reference_bytes: int | None = None, widths: Mapping[str, int] | None = None) -> container.Container:
+                 reference_bytes: int | None = None, widths: Mapping[str, int] | None = None,
+                 reference_sha256: str | None = None) -> container.Container:
     """Encode weights that are already pruned and shared so that they decode bit-identically.
 
     Raises ``DeepCompError`` naming the first tensor that does not (more
@@ -522,7 +523,8 @@ def encode_exact(state_dict: Mapping[str, torch.Tensor], policy: Policy, arch: s
     from .model_file import compress_state_dict
 
     policy = storage_policy(policy)
-    c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=reference_bytes, widths=widths)
+    c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=reference_bytes, widths=widths,
+                            reference_sha256=reference_sha256)
     back = codec.decode_arrays(c, "encoded state_dict")
     given = zoo.strip_derived(state_dict) if arch is not None else state_dict
     for name, t in given.items():
@@ -537,6 +539,7 @@ def encode_exact(state_dict: Mapping[str, torch.Tensor], policy: Policy, arch: s
 
 
 def write_exact(path: str | Path, state_dict: Mapping[str, torch.Tensor], policy: Policy, arch: str | None = None, quality: int | None = None,
-                reference_bytes: int | None = None, widths: Mapping[str, int] | None = None) -> int:
+                reference_bytes: int | None = None, widths: Mapping[str, int] | None = None,
+                reference_sha256: str | None = None) -> int:
     """:func:`encode_exact`, written to ``path``; returns the file size in bytes."""
-    return container.write(path, encode_exact(state_dict, policy, arch, quality, reference_bytes, widths))
+    return container.write(path, encode_exact(state_dict, policy, arch, quality, reference_bytes, widths, reference_sha256))

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__, codec, container, zoo
-from .checkpoints import checkpoint_config, read_state_dict
+from .checkpoints import checkpoint_config, read_state_dict, sha256_file
 from .errors import DeepCompError
 from .policy import Policy
 
@@ -34,12 +34,15 @@ def compress_state_dict(
     reference_bytes: int | None = None,
     progress=None,
     widths: Mapping[str, int] | None = None,
+    reference_sha256: str | None = None,
 ) -> container.Container:
     """Encode a state_dict.  With ``arch``/``quality`` (a CompressAI model) the
     weights are checked against the architecture and derived buffers dropped.
     ``widths`` (a channel-pruned model's channels per group) is checked the
     same way and recorded in the header, from which ``load_model`` rebuilds
-    the thinner model."""
+    the thinner model.  ``reference_bytes`` / ``reference_sha256``: the size
+    and SHA-256 of the checkpoint the weights come from (recorded in the
+    header, so that a result can be traced to its baseline)."""
     channel_axes = {}
     if widths and arch is None:
         raise DeepCompError("channel widths need --arch and --quality")
@@ -61,6 +64,8 @@ def compress_state_dict(
             "checkpoint_bytes": reference_bytes,
         },
     }
+    if reference_sha256:
+        meta["reference"]["checkpoint_sha256"] = reference_sha256
     if widths:
         meta["widths"] = {k: int(v) for k, v in widths.items()}
     return codec.encode_arrays(arrays, policy, meta, channel_axes=channel_axes, progress=progress)
@@ -86,7 +91,7 @@ def compress_checkpoint(
         arch, quality = cfg["arch"], cfg["quality"]
     widths = cfg.get("widths") if arch is not None else None
     c = compress_state_dict(state_dict, policy, arch, quality, reference_bytes=Path(checkpoint).stat().st_size, progress=progress,
-                            widths=widths)
+                            widths=widths, reference_sha256=sha256_file(checkpoint))
     return container.write(out, c)
 
 

@@ -350,7 +350,7 @@ class Pipeline:
 
         state = read_training_checkpoint(self.out / "retrain.pth.tar")["state_dict"]
         c = compress_state_dict(state, storage_policy(self.policy), self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size,
-                                widths=self.cfg.widths)
+                                widths=self.cfg.widths, reference_sha256=self.record["checkpoint"]["sha256"])
         size = container.write(self.out / "share.dcmp", c)
         self.log(f"[share] k-means shared -> share.dcmp ({size:,} bytes with Huffman coding)")
         self._finish("share", file="share.dcmp", file_bytes=size)
@@ -389,7 +389,7 @@ class Pipeline:
     def stage_huffman(self) -> None:
         state = read_training_checkpoint(self.out / "centroids.pth.tar")["state_dict"]
         size = write_exact(self.out / "final.dcmp", state, self.policy, self.cfg.arch, self.cfg.quality, reference_bytes=self.checkpoint.stat().st_size,
-                           widths=self.cfg.widths)
+                           widths=self.cfg.widths, reference_sha256=self.record["checkpoint"]["sha256"])
         self.log(f"[huffman] the fine-tuned weights, stored exactly -> final.dcmp ({size:,} bytes)")
         alloc = _read_json(self.out / "policy.json").get("allocation")
         if alloc:
@@ -427,11 +427,7 @@ class Pipeline:
             path = self._stage_path(key)
             stem = "centroids-huffman" if key in ("centroids", "huffman") else key
             jpath = results_dir / f"{stem}.json"
-            doc = None
-            if jpath.exists():
-                doc = evaluation.read_results(jpath)
-                if doc.get("data") != str(self.eval_data) or doc["mean"].get("images") != len(images) or doc["model"].get("path") != str(path):
-                    doc = None
+            doc = evaluation.reusable_results(jpath, path, self.eval_data, len(images))
             if doc is None:
                 if stem in docs:
                     doc = docs[stem]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from deepcomp import cli, evaluation, zoo
+from deepcomp.checkpoints import sha256_file
 from deepcomp.errors import DeepCompError
 from deepcomp.evaluation import (
     evaluate_model, open_model, pad_image, psnr_8bit, read_results, results_csv, results_document, ssim_metrics,
@@ -212,6 +213,23 @@ def test_results_files_round_trip(tmp_path):
     with pytest.raises(DeepCompError, match="not a deepcomp evaluation"):
         (tmp_path / "other.json").write_text("{}")
         read_results(tmp_path / "other.json")
+
+
+def test_results_are_reused_only_for_the_same_file_on_the_same_images(tmp_path):
+    model = tmp_path / "m.pth.tar"
+    torch.save({"state_dict": random_model(quality=2).state_dict(), "config": {"arch": ARCH, "quality": 2}}, model)
+    _, info = open_model(model)
+    assert info["sha256"] == sha256_file(model)
+    per_image = [{"image": "x.png", "width": 64, "height": 64, "bytes": 100, "bpp": 0.2, "psnr": 30.0,
+                  "ssim": 0.9, "ms_ssim": 0.95, "encode_s": 0.1, "decode_s": 0.2}]
+    jpath, _ = write_results(results_document(info, per_image, "folder"), tmp_path, "m")
+    assert evaluation.reusable_results(jpath, model, "folder", 1)["mean"]["psnr"] == 30.0
+    assert evaluation.reusable_results(jpath, model, "folder", 2) is None      # other images
+    assert evaluation.reusable_results(jpath, model, "other", 1) is None       # another folder
+    assert evaluation.reusable_results(tmp_path / "none.json", model, "folder", 1) is None
+    # a retrained model written over the same path (same name, maybe the same size) is evaluated again
+    torch.save({"state_dict": random_model(quality=2, seed=1).state_dict(), "config": {"arch": ARCH, "quality": 2}}, model)
+    assert evaluation.reusable_results(jpath, model, "folder", 1) is None
 
 
 def test_output_stems_are_distinct():

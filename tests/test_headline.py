@@ -180,6 +180,11 @@ def test_end_to_end_tiny(tool, synthetic_photos, kodak_two, tmp_path, capsys):
     capsys.readouterr()
     assert tool.main(args + ["--controls-only"]) == 2  # a missing final file: one-line error
     assert "no final file" in capsys.readouterr().err
+    # ... and so is a final file made from another baseline (quality 3's file under quality 1's name)
+    shutil.copyfile(out / "models" / "bmshj2018-factorized-q3-prune0.5-bits4.dcmp", out / "models" / "bmshj2018-factorized-q1-prune0.5-bits4.dcmp")
+    assert tool.main(args + ["--controls-only"]) == 2
+    assert "made from these baselines" in capsys.readouterr().err
+    assert tool.made_from(out / "models" / "bmshj2018-factorized-q3-prune0.5-bits4.dcmp", ckpts[1])
     # ... after the controls are trained: beside a headline that is still running, they need no final file
     early = tmp_path / "early"
     assert tool.main(args + ["-o", str(early), "--controls-only", "--control", "1", "--control-schedule", "matched",

@@ -17,6 +17,14 @@ def compressed(random_checkpoint, tmp_path_factory):
     return out
 
 
+def test_the_header_records_the_source_checkpoint(compressed, random_checkpoint):
+    from deepcomp.checkpoints import sha256_file
+
+    ref = model_file.file_info(compressed)["reference"]
+    assert ref["checkpoint_sha256"] == sha256_file(random_checkpoint)
+    assert ref["checkpoint_bytes"] == random_checkpoint.stat().st_size
+
+
 def test_load_gives_pruned_shared_weights_without_derived_buffers(compressed, random_checkpoint):
     sd = model_file.load(compressed)
     original = torch.load(random_checkpoint, weights_only=True)["state_dict"]

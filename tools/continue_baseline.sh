@@ -3,8 +3,9 @@
 # the run trains at lr 1e-4 in runs/q3long/ (resumable), and each call ends by annealing a copy of it
 # (ANNEAL steps at ANNEAL_LR), exporting that copy to artifacts/in-training/ and writing its model card there
 # (Kodak, real bitstreams, against CompressAI's published curve). The next session resumes the run in runs/q3long/
-# or, on a fresh clone, the committed copy in artifacts/in-training/. Once it is far enough ahead, it replaces
-# artifacts/bmshj2018-factorized-q3.pth.tar and tools/train_family.sh fine-tunes the other qualities from it.
+# or, on a fresh clone, the committed copy in artifacts/in-training/ (none: the shipped quality 3). Once it is far
+# enough ahead, it replaces artifacts/bmshj2018-factorized-q3.pth.tar (copy it there; artifacts/in-training/ then goes)
+# and tools/train_family.sh fine-tunes the other qualities from it (docs/TRAINING.md).
 #
 #   bash tools/run.sh bash tools/continue_baseline.sh STEPS   # train up to STEPS (total, counting the baseline's own)
 #   MINUTES=120                                     # stop the 1e-4 phase after 120 minutes (then anneal and card as usual)

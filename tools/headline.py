@@ -556,11 +556,7 @@ def run(args, argv) -> dict:
     base_dir = args.work / "baselines"
     for q, c in sorted(qualities.items()):
         jpath = base_dir / f"q{q}" / "baseline.json"
-        ok = False
-        if jpath.exists():
-            doc = evaluation.read_results(jpath)
-            ok = doc.get("data") == str(args.eval_data) and doc["mean"].get("images") == len(images) and doc["model"].get("path") == str(c)
-        if not ok:
+        if evaluation.reusable_results(jpath, c, args.eval_data, len(images)) is None:
             log(f"[baseline] q{q}: {c} on {len(images)} images")
             evaluation.run_one(str(c), "baseline", images, str(args.eval_data), str(jpath.parent), None, None, "pipeline", True, not args.quiet)
     per_setting: dict[str, dict[int, dict]] = {}
@@ -607,6 +603,21 @@ def run(args, argv) -> dict:
     return doc
 
 
+def made_from(final: Path, baseline) -> bool:
+    """Whether the deepcomp file ``final`` exists and records ``baseline`` (by SHA-256) as the checkpoint it was made
+    from; a file of an earlier headline on other baselines (or one that predates the record) is not."""
+    from deepcomp.checkpoints import sha256_file
+    from deepcomp.model_file import file_info
+
+    if not final.is_file():
+        return False
+    try:
+        ref = file_info(final).get("reference") or {}
+    except DeepCompError:
+        return False
+    return ref.get("checkpoint_sha256") == sha256_file(baseline)
+
+
 def run_controls_only(args, argv) -> dict:
     """The controls of a finished headline: each baseline trained on unpruned for as many steps as the retraining
     and centroid fine-tuning, against the final files in ``OUT/models/`` (evaluated here), as a family BD-rate.
@@ -625,16 +636,16 @@ def run_controls_only(args, argv) -> dict:
     finals = {q: args.out / "models" / final_name(q, setting) for q in qualities}
     steps = args.retrain_steps + args.centroid_steps
     controls = train_controls(args, qualities, images)  # they need no final file: they can train beside the pipelines
-    missing = [str(f) for f in finals.values() if not f.is_file()]
+    missing = [str(f) for q, f in sorted(finals.items()) if not made_from(f, qualities[q])]
     if missing:
-        raise DeepCompError(f"the controls are trained (in {args.work}), but there is no final file {missing[0]} to compare them "
-                            "with: run the headline (without --controls-only), then this again")
+        raise DeepCompError(f"the controls are trained (in {args.work}), but there is no final file {missing[0]} made from "
+                            "these baselines to compare them with: run the headline (without --controls-only), then this again")
     rows, means = [], {}
     for q in sorted(qualities):
         out = args.work / "finals" / setting / f"q{q}"
         jpath = out / "final.json"
-        doc = evaluation.read_results(jpath) if jpath.exists() else None
-        if doc is None or doc["model"].get("file_bytes") != finals[q].stat().st_size or doc["mean"].get("images") != len(images):
+        doc = evaluation.reusable_results(jpath, finals[q], args.eval_data, len(images))
+        if doc is None:
             log(f"[final] q{q}: {finals[q]} on {len(images)} images")
             evaluation.run_one(str(finals[q]), "final", images, str(args.eval_data), str(out), None, None, setting, True, not args.quiet)
             doc = evaluation.read_results(jpath)

@@ -38,7 +38,8 @@
 #                needs `pip install nncodec`)
 #
 # THREADS (default 2) sets the torch threads; the committed runs used THREADS=1 with two studies side by side.
-# Each step is resumable: the large intermediate files stay in runs/ and a rerun skips what is finished.
+# Each step is resumable: the large intermediate files stay in runs/studies-<hash of the baselines>/ and a rerun skips
+# what is finished.
 # Training and every analysis read only ../shared/data/train; Kodak is only evaluated.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,8 +47,12 @@ PY=${PY:-python}
 THREADS=${THREADS:-2}
 B=artifacts/bmshj2018-factorized
 FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
+# the work folders are named after the baselines they study (a hash of q1-q5): once a baseline is retrained, every
+# step starts afresh in new folders instead of resuming (or refusing) work done on the old one
+W=runs/studies-$(cat $B-q[1-5].pth.tar | sha256sum | cut -c1-8)
+mkdir -p "$W"
 HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
-          --control-schedule matched -o artifacts/headline --work runs/headline2)
+          --control-schedule matched -o artifacts/headline --work $W/headline)
 SHIPPED=alloc21-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
 SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5
           --setting alloc23.5-bits5 --setting alloc21-bits5 --setting alloc15-bits5)
@@ -56,22 +61,22 @@ steps=("$@")
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
-      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/sensitivity-q3 --target-ratio 20 --stop-after policy \
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o $W/sensitivity-q3 --target-ratio 20 --stop-after policy \
         --threads "$THREADS" --quiet
       mkdir -p artifacts/sensitivity
-      cp runs/sensitivity-q3/sensitivity.json runs/sensitivity-q3/sensitivity.png runs/sensitivity-q3/policy.json \
+      cp $W/sensitivity-q3/sensitivity.json $W/sensitivity-q3/sensitivity.png $W/sensitivity-q3/policy.json \
         artifacts/sensitivity/ ;;
     allocated)
-      mkdir -p runs/alloc20-q3
-      [ -f runs/alloc20-q3/sensitivity.json ] || cp artifacts/sensitivity/sensitivity.json runs/alloc20-q3/
-      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/alloc20-q3 --target-ratio 20 --retrain-steps 1000 --prune-rounds 4 \
+      mkdir -p $W/alloc20-q3
+      [ -f $W/alloc20-q3/sensitivity.json ] || cp artifacts/sensitivity/sensitivity.json $W/alloc20-q3/
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o $W/alloc20-q3 --target-ratio 20 --retrain-steps 1000 --prune-rounds 4 \
         --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
-      cp runs/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md
-      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o runs/alloc23.5-bits456-q3 --target-ratio 23.5 --sens-bits 4 5 6 \
+      cp $W/alloc20-q3/stages.md artifacts/sensitivity/allocated-20x-q3-stages.md
+      "$PY" -m deepcomp.cli pipeline $B-q3.pth.tar -o $W/alloc23.5-bits456-q3 --target-ratio 23.5 --sens-bits 4 5 6 \
         --sens-ratios 0 0.5 0.6 0.7 0.75 0.8 0.85 0.9 0.95 0.97 --retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 \
         --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 200 --threads "$THREADS" --quiet
-      cp runs/alloc23.5-bits456-q3/stages.md artifacts/sensitivity/alloc23.5-bits456-q3-stages.md
-      cp runs/alloc23.5-bits456-q3/policy.json artifacts/sensitivity/alloc23.5-bits456-q3-policy.json ;;
+      cp $W/alloc23.5-bits456-q3/stages.md artifacts/sensitivity/alloc23.5-bits456-q3-stages.md
+      cp $W/alloc23.5-bits456-q3/policy.json artifacts/sensitivity/alloc23.5-bits456-q3-policy.json ;;
     headline)
       "$PY" tools/headline.py "${FAMILY[@]}" "${SETTINGS[@]}" "${HEADLINE[@]}" --control --threads "$THREADS" --quiet ;;
     controls)
@@ -81,10 +86,10 @@ for step in "${steps[@]}"; do
       for s in ${LONG_SETTINGS:-$SHIPPED}; do
         "$PY" tools/headline.py "${long[@]}" --setting "$s" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
           --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
-          -o artifacts/retraining/$s-3000steps --work runs/long3000 --threads "$THREADS" --quiet
+          -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
       done ;;
     parts)
-      "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work runs/parts --retrain-steps 200 \
+      "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work $W/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
     structured)
       "$PY" tools/structured_pruning.py $B-q3.pth.tar -o artifacts/structured --targets 0.25 0.5 --cost macs --uniform --control \
@@ -93,7 +98,7 @@ for step in "${steps[@]}"; do
       models=()
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
-        --work runs/comparison-work --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
+        --work $W/comparison --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
     *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining parts structured comparison)" >&2; exit 2 ;;
   esac
 done

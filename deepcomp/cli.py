@@ -97,7 +97,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise DeepCompError("--global-prune needs --prune")
         policy = replace(policy, global_prune=args.prune)
     if args.raw_storage:
-        policy = replace(policy, rules=tuple(replace(r, storage=args.raw_storage) for r in policy.rules))
+        policy = policy.with_raw_storage(args.raw_storage)
     if args.quality is not None and args.arch is None:
         raise DeepCompError("--quality needs --arch")
     size = compress_checkpoint(args.checkpoint, args.out, policy, args.arch, args.quality, progress=_tqdm_progress("compress", args.quiet))

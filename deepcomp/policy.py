@@ -119,6 +119,12 @@ class Policy:
             rules.append(r)
         return replace(self, rules=tuple(rules))
 
+    def with_raw_storage(self, storage: str) -> "Policy":
+        """Store every tensor a rule leaves unshared (``bits`` None) as ``storage`` (the CLI's --raw-storage)."""
+        if storage not in STORAGES:
+            raise DeepCompError(f"raw storage must be one of {STORAGES}, got {storage!r}")
+        return replace(self, rules=tuple(replace(r, storage=storage) for r in self.rules))
+
     def to_json(self) -> dict:
         return {"rules": [asdict(r) for r in self.rules], "global_prune": self.global_prune}
 

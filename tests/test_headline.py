@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepcomp import evaluation
+from deepcomp.errors import DeepCompError
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,6 +41,17 @@ def test_setting_config(tool):
     fields = tool.setting_config("alloc21-bits5", [0, 0.5, 0.9])
     assert fields == {"target_ratio": 21.0, "sens_bits": (5,), "sens_ratios": (0.0, 0.5, 0.9)}
     PipelineConfig(**fields).check()  # a valid pipeline configuration
+    # --raw-storage fp16: the tensors left unshared are stored in 16 bits, the shared ones as before
+    for spec in ("prune0.8-bits4", "alloc21-bits5"):
+        fields = tool.setting_config(spec, [0, 0.5, 0.9], "fp16")
+        PipelineConfig(**fields).check()
+        policy = Policy.from_json(fields["policy"])
+        assert policy.rule_for("g_a.0.bias", (128,)).storage == "fp16"
+        assert policy.rule_for("entropy_bottleneck.matrices.0", (192, 3, 1)).storage == "fp16"
+        assert policy.rule_for("g_a.2.weight", (128, 128, 5, 5)).bits == (4 if spec.startswith("prune") else 8)
+    assert tool.setting_config("alloc21-bits5", [0, 0.5, 0.9], "fp16")["target_ratio"] == 21.0
+    with pytest.raises(DeepCompError, match="raw storage"):
+        Policy().with_raw_storage("int8")
 
 
 def _rows(setting, ratio, bd):

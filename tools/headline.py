@@ -84,14 +84,17 @@ def parse_setting(spec: str) -> tuple[str, float, int]:
     return kind, value, bits
 
 
-def setting_config(spec: str, sens_ratios=ALLOC_RATIOS) -> dict:
-    """The :class:`~deepcomp.pipeline.PipelineConfig` fields a setting decides."""
+def setting_config(spec: str, sens_ratios=ALLOC_RATIOS, raw_storage: str = "fp32") -> dict:
+    """The :class:`~deepcomp.pipeline.PipelineConfig` fields a setting decides; ``raw_storage``: how the tensors
+    left unshared (biases, GDN betas, the entropy bottleneck) are stored (``fp32``, the default policy's, or ``fp16``)."""
     from deepcomp.policy import Policy
 
     kind, value, bits = parse_setting(spec)
+    base = Policy() if raw_storage == "fp32" else Policy().with_raw_storage(raw_storage)
     if kind == "prune":
-        return {"policy": Policy().with_weight_rule(prune=value, bits=bits).to_json()}
-    return {"target_ratio": value, "sens_bits": (bits,), "sens_ratios": tuple(float(r) for r in sens_ratios)}
+        return {"policy": base.with_weight_rule(prune=value, bits=bits).to_json()}
+    alloc = {"target_ratio": value, "sens_bits": (bits,), "sens_ratios": tuple(float(r) for r in sens_ratios)}
+    return alloc if raw_storage == "fp32" else {"policy": base.to_json(), **alloc}
 
 
 def quality_of(path: Path) -> int:
@@ -357,7 +360,8 @@ def markdown(rows, per_setting, choice, args, command, kept: list[str], controls
               "Sizes of the stages before *+ Huffman* are computed as in `docs/PIPELINE.md`. Settings: `prune<f>-bits<b>` prunes "
               "every conv weight by the fraction f, then shares it at b bits; `alloc<R>-bits<b>` prunes each layer by the ratio "
               "that the allocator picks from that quality's own sensitivity (validation split of the training photos) for a "
-              "file R times smaller than fp32 (see *Allocated pruning ratios*).", ""]
+              "file R times smaller than fp32 (see *Allocated pruning ratios*). The tensors a setting leaves unshared (biases, "
+              f"GDN betas, the entropy bottleneck) are stored in {getattr(args, 'raw_storage', 'fp32')}.", ""]
     head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
             "mean ΔPSNR", "Val loss Δ"] + (["BD-rate PSNR vs control", "BD-PSNR vs control"] if vs_ctrl else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -514,6 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sensitivity for that ratio (repeatable; default prune0.85-bits4)")
     p.add_argument("--sens-ratios", type=float, nargs="+", default=list(ALLOC_RATIOS),
                    help="pruning ratios the sensitivity of an alloc setting measures")
+    p.add_argument("--raw-storage", choices=("fp32", "fp16"), default="fp32",
+                   help="storage of the tensors every setting leaves unshared (biases, GDN betas, the entropy bottleneck)")
     p.add_argument("-o", "--out", type=Path, default=Path("artifacts/headline"))
     p.add_argument("--work", type=Path, default=Path("runs/headline"), help="pipeline folders (resumable)")
     p.add_argument("--retrain-steps", type=int, default=600)
@@ -549,7 +555,7 @@ def run(args, argv) -> dict:
     from deepcomp.pipeline import PipelineConfig, run_pipeline
 
     settings = args.setting or ["prune0.85-bits4"]
-    parsed = {s: setting_config(s, args.sens_ratios) for s in settings}
+    parsed = {s: setting_config(s, args.sens_ratios, args.raw_storage) for s in settings}
     qualities = qualities_of(args.checkpoints)
     images = [str(p) for p in evaluation.image_list(args.eval_data, args.eval_limit)]
     # the baselines are evaluated once and shared by every setting's pipeline

@@ -13,7 +13,8 @@
 #                0.8 / 0.7 with 4-bit sharing, 0.85 / 0.6 / 0.5 with 5 bits) and per-layer ratios that the allocator picks
 #                from each quality's own sensitivity for a 23.5x, a 21x and a 15x file, with 5-bit sharing
 #                (alloc23.5-bits5, alloc21-bits5, alloc15-bits5); each pruned in four AGP rounds over 1,000 steps of
-#                masked retraining, then 200 centroid steps; the family's BD-rate per stage, and every quality's control:
+#                masked retraining, then 200 centroid steps, the tensors left unshared (biases, GDN betas, the entropy
+#                bottleneck) stored in fp16 (free: tools/raw_fp16.py); the family's BD-rate per stage, and every quality's control:
 #                the baseline trained on, unpruned, for the same 1,200 steps, the last 200 at the centroid fine-tuning's
 #                lr 1e-5 as the pipeline ends; the headline is judged against the controls (artifacts/headline/;
 #                ~15-25 min a quality and setting, about as long for each control, on one core; settings can run side
@@ -37,6 +38,7 @@
 #                qualities 1-4, and LZMA latents against the range coder (artifacts/comparison/; ~40 min; NNC
 #                needs `pip install nncodec`)
 #
+# HEADLINE_SETTINGS (default: the eight above) runs the headline on some settings only; its report then has only those.
 # THREADS (default 2) sets the torch threads; the committed runs used THREADS=1 with two studies side by side.
 # Each step is resumable: the large intermediate files stay in runs/studies-<hash of the baselines>/ and a rerun skips
 # what is finished.
@@ -52,10 +54,12 @@ FAMILY=($B-q1.pth.tar $B-q2.pth.tar $B-q3.pth.tar $B-q4.pth.tar)
 W=runs/studies-$(cat $B-q[1-5].pth.tar | sha256sum | cut -c1-8)
 mkdir -p "$W"
 HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 --centroid-lr 1e-5
-          --control-schedule matched -o artifacts/headline --work $W/headline)
+          --control-schedule matched --raw-storage fp16 -o artifacts/headline --work $W/headline)
 SHIPPED=alloc21-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
-SETTINGS=(--setting prune0.85-bits5 --setting prune0.8-bits4 --setting prune0.7-bits4 --setting prune0.6-bits5 --setting prune0.5-bits5
-          --setting alloc23.5-bits5 --setting alloc21-bits5 --setting alloc15-bits5)
+SETTINGS=()
+for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prune0.6-bits5 prune0.5-bits5 alloc23.5-bits5 alloc21-bits5 alloc15-bits5}; do
+  SETTINGS+=(--setting "$s")
+done
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining parts structured comparison)
 for step in "${steps[@]}"; do
@@ -86,7 +90,7 @@ for step in "${steps[@]}"; do
       for s in ${LONG_SETTINGS:-$SHIPPED}; do
         "$PY" tools/headline.py "${long[@]}" --setting "$s" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
           --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
-          -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
+          --raw-storage fp16 -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
       done ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work $W/parts --retrain-steps 200 \

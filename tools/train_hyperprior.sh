@@ -5,9 +5,11 @@
 # ANNEAL_LR, the export and its model card (Kodak, real bitstreams, against CompressAI's published hyperprior curve).
 #
 #   bash tools/run.sh bash tools/train_hyperprior.sh [STEPS]   # default 6000 steps at lr 1e-4, then ANNEAL steps;
-#                                                # resumable: a rerun continues runs/hyperprior/q3.train.pth.tar
+#                                                # resumable: a rerun on the same factorized baseline continues its run
+#                                                # in runs/hyperprior/, a newer factorized baseline starts afresh
 #   MINUTES=50                                   # stop the 1e-4 phase after 50 minutes (a rerun continues it)
 #   SCRATCH_LR=1e-3 ANNEAL=300 ANNEAL_LR=1e-5 THREADS=1
+#   BASE=artifacts/bmshj2018-factorized-q3.pth.tar     # the factorized model whose transforms seed it
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
@@ -17,11 +19,12 @@ ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 SCRATCH_LR=${SCRATCH_LR:-1e-3}
 PY=${PY:-python}
-RUN=runs/hyperprior/q3.train.pth.tar
+BASE=${BASE:-artifacts/bmshj2018-factorized-q3.pth.tar}
+RUN=runs/hyperprior/q3-from-factorized-step$("$PY" tools/checkpoint_step.py "$BASE").train.pth.tar
 OUT=artifacts/bmshj2018-hyperprior-q3.pth.tar
 common=(--arch bmshj2018-hyperprior --quality 3 -o "$RUN" --batch-size 8 --patch-size 128 --val-every 250 ${THREADS:+--threads $THREADS})
 mkdir -p runs/hyperprior
-"$PY" -m deepcomp.cli train "${common[@]}" --init artifacts/bmshj2018-factorized-q3.pth.tar --init-matching \
+"$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --init-matching \
   --scratch-lr "$SCRATCH_LR" --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}
 step=$("$PY" tools/checkpoint_step.py "$RUN")
 if [ "$step" -lt "$STEPS" ]; then

@@ -481,7 +481,7 @@ def reusable_results(jpath: str | os.PathLike, model_path: str | os.PathLike, da
     """The results at ``jpath`` if they are of the same file (by SHA-256, not by name) on the same ``images`` of
     ``data``; None when they are missing, unreadable or of something else (a retrained file at the same path)."""
     jpath = Path(jpath)
-    if not jpath.is_file():
+    if not jpath.is_file() or not Path(model_path).is_file():
         return None
     try:
         doc = read_results(jpath)

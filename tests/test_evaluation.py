@@ -227,6 +227,7 @@ def test_results_are_reused_only_for_the_same_file_on_the_same_images(tmp_path):
     assert evaluation.reusable_results(jpath, model, "folder", 2) is None      # other images
     assert evaluation.reusable_results(jpath, model, "other", 1) is None       # another folder
     assert evaluation.reusable_results(tmp_path / "none.json", model, "folder", 1) is None
+    assert evaluation.reusable_results(jpath, tmp_path / "gone.pth.tar", "folder", 1) is None  # no file to compare with
     # a retrained model written over the same path (same name, maybe the same size) is evaluated again
     torch.save({"state_dict": random_model(quality=2, seed=1).state_dict(), "config": {"arch": ARCH, "quality": 2}}, model)
     assert evaluation.reusable_results(jpath, model, "folder", 1) is None

@@ -90,7 +90,7 @@ def setting_config(spec: str, sens_ratios=ALLOC_RATIOS, raw_storage: str = "fp32
     from deepcomp.policy import Policy
 
     kind, value, bits = parse_setting(spec)
-    base = Policy() if raw_storage == "fp32" else Policy().with_raw_storage(raw_storage)
+    base = Policy().with_raw_storage(raw_storage)
     if kind == "prune":
         return {"policy": base.with_weight_rule(prune=value, bits=bits).to_json()}
     alloc = {"target_ratio": value, "sens_bits": (bits,), "sens_ratios": tuple(float(r) for r in sens_ratios)}
@@ -361,7 +361,7 @@ def markdown(rows, per_setting, choice, args, command, kept: list[str], controls
               "every conv weight by the fraction f, then shares it at b bits; `alloc<R>-bits<b>` prunes each layer by the ratio "
               "that the allocator picks from that quality's own sensitivity (validation split of the training photos) for a "
               "file R times smaller than fp32 (see *Allocated pruning ratios*). The tensors a setting leaves unshared (biases, "
-              f"GDN betas, the entropy bottleneck) are stored in {getattr(args, 'raw_storage', 'fp32')}.", ""]
+              f"GDN betas, the entropy bottleneck) are stored in {args.raw_storage}.", ""]
     head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
             "mean ΔPSNR", "Val loss Δ"] + (["BD-rate PSNR vs control", "BD-PSNR vs control"] if vs_ctrl else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]

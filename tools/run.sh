@@ -14,6 +14,10 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cache="${DEEPCOMP_VENV_CACHE:-$HOME/.cache/deepcomp-venv}"
 key="$(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 venv="$cache/$key"
+mkdir -p "$cache"
+# one build at a time: a second run.sh started meanwhile waits for the first build instead of wiping it
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
     echo "tools/run.sh: building the environment in $venv (first run only)" >&2
     rm -rf "$venv"
@@ -25,6 +29,8 @@ if [ ! -x "$venv/bin/python" ] || [ ! -f "$venv/.complete" ]; then
         || { echo "tools/run.sh: environment build failed" >&2; exit 1; }
     touch "$venv/.complete"
 fi
+flock -u 9
+exec 9>&-
 # the checkout itself, not an installed copy
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >/dev/null 2>&1 \
     || "$venv/bin/pip" install -q --no-deps -e "$root" 2>&1 | grep -v "^WARNING: Location" >&2

@@ -91,7 +91,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     check_output_path(args.out)
     policy = read_policy(args.policy) if args.policy else Policy()
-    policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
+    policy = policy.with_weight_rule(prune=args.prune, bits=args.bits, granularity=args.granularity)
     if args.global_prune:
         if args.prune is None:
             raise DeepCompError("--global-prune needs --prune")
@@ -180,14 +180,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     from .policy import Policy, read_policy
 
     policy = read_policy(args.policy) if args.policy else Policy()
-    if args.prune is not None or args.bits is not None:
-        policy = policy.with_weight_rule(prune=args.prune, bits=args.bits)
+    if args.prune is not None or args.bits is not None or args.granularity is not None:
+        policy = policy.with_weight_rule(prune=args.prune, bits=args.bits, granularity=args.granularity)
     if args.quality is not None and args.arch is None:
         raise DeepCompError("--quality needs --arch")
     cfg = PipelineConfig(
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, policy=policy.to_json(),
         target_ratio=args.target_ratio, target_loss=args.target_loss,
-        retrain_steps=args.retrain_steps, prune_rounds=args.prune_rounds, schedule=args.schedule,
+        retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, prune_rounds=args.prune_rounds, schedule=args.schedule,
         centroid_steps=args.centroid_steps, train_raw=not args.freeze_raw,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, centroid_lr=args.centroid_lr,
         val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch,
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quality", type=_positive_int, default=None)
     c.add_argument("--prune", type=_fraction, default=None, help="fraction of conv/linear weights to prune by magnitude")
     c.add_argument("--global-prune", action="store_true", help="one magnitude threshold across all pruned tensors")
+    c.add_argument("--granularity", choices=("element", "kernel"), default=None,
+                   help="prune single weights (default) or whole kernels by their L2 norm (their positions cost one bit per kernel)")
     c.add_argument("--bits", type=_bits, default=None, help="bit width of the conv/linear weight codebooks (default 8)")
     c.add_argument("--policy", type=Path, default=None, help="a JSON policy file of per-name rules")
     c.add_argument("--raw-storage", choices=("fp32", "fp16"), default=None, help="storage of tensors left unshared")
@@ -344,11 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--lmbda", type=float, default=None, help="RD lambda (default: the checkpoint's, else CompressAI's for the quality)")
     pl.add_argument("--policy", type=Path, default=None, help="a JSON policy file (per-name pruning ratios and bit widths)")
     pl.add_argument("--prune", type=_fraction, default=None, help="fraction of conv/linear weights to prune (on the policy's weight rules)")
+    pl.add_argument("--granularity", choices=("element", "kernel"), default=None,
+                    help="prune single weights (default) or whole kernels by their L2 norm (also in the sensitivity analysis)")
     pl.add_argument("--bits", type=_bits, default=None, help="bit width of the conv/linear weights (on the policy's weight rules)")
     pl.add_argument("--target-ratio", type=float, default=None,
                     help="target compression ratio vs fp32: per-layer pruning ratios and bit widths from the sensitivity analysis")
     pl.add_argument("--target-loss", type=float, default=None, help="target RD loss increase (before retraining) for the allocator instead")
     pl.add_argument("--retrain-steps", type=int, default=2000, help="masked retraining steps in all (0: none)")
+    pl.add_argument("--anneal-steps", type=int, default=0,
+                    help="the retraining's last steps, after the last pruning round, at --centroid-lr (the weights settle before sharing)")
     pl.add_argument("--prune-rounds", type=_positive_int, default=4, help="prune/retrain rounds up to the target sparsity")
     pl.add_argument("--schedule", choices=("agp", "linear"), default="agp", help="sparsity schedule of the rounds (agp: cubic)")
     pl.add_argument("--centroid-steps", type=int, default=1000, help="trained-quantization steps (0: none)")

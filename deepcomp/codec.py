@@ -15,6 +15,11 @@ two layouts, the smaller chosen per tensor:
   Han's relative-index coding gives the positions of the other elements and
   one symbol per such element follows.  Huffman codes cost at least one bit
   per symbol, so this is what keeps skewed tensors near their entropy.
+- ``kernels``: for a conv weight some of whose kernels (trailing spatial
+  dimensions) are all zero, as kernel-granular pruning leaves it: the
+  relative-index coding gives the positions of the other kernels, and every
+  symbol of those kernels follows.  The positions cost one gap per kept
+  kernel instead of one per kept weight.
 """
 
 from __future__ import annotations
@@ -84,12 +89,14 @@ def plan_tensors(arrays: Mapping[str, np.ndarray], policy: Policy) -> "OrderedDi
     plans = OrderedDict((n, Plan(policy.rule_for(n, np.shape(a)))) for n, a in arrays.items())
     prunable = {n: arrays[n] for n, p in plans.items() if p.rule.prunes and _is_float(arrays[n])}
     if policy.global_prune is not None:
+        if any(plans[n].rule.granularity != "element" for n in prunable):
+            raise DeepCompError("global pruning prunes single weights; kernel granularity needs a per-tensor prune")
         for n, m in pruning.global_masks(prunable, policy.global_prune).items():
             plans[n].mask = m
     else:
         for n, a in prunable.items():
             r = plans[n].rule
-            plans[n].mask = pruning.magnitude_mask(a, r.prune) if r.prune else pruning.threshold_mask(a, r.prune_std)
+            plans[n].mask = pruning.magnitude_mask(a, r.prune, r.granularity) if r.prune else pruning.threshold_mask(a, r.prune_std)
     return plans
 
 
@@ -159,10 +166,23 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
         cost, gap_bits = _layout_cost(symbols, k + 1, background)
         if cost < best[0]:
             best = (cost, background, gap_bits)
+    ks = pruning.kernel_size(a.shape)
+    if ks > 1 and freq[k]:
+        kept_kernels = (symbols.reshape(-1, ks) != k).any(axis=1)
+        if not kept_kernels.all():
+            kernel_bits = sparse_positions.choose_gap_bits(kept_kernels)
+            gaps = sparse_positions.encode_gaps(kept_kernels, kernel_bits)
+            cost = _stream_cost(gaps, 1 << kernel_bits) + _stream_cost(symbols.reshape(-1, ks)[kept_kernels].ravel(), k + 1)
+            if cost < best[0]:
+                best = (cost, "kernels", kernel_bits)
     _, background, gap_bits = best
     if background is None:
         entry["layout"] = "dense"
         entry["indices"] = _code(container, symbols, k + 1).to_json()
+    elif background == "kernels":
+        entry.update(layout="kernels", kernel=ks, gap_bits=int(gap_bits))
+        entry["positions"] = _code(container, sparse_positions.encode_gaps(kept_kernels, gap_bits), 1 << gap_bits).to_json()
+        entry["indices"] = _code(container, symbols.reshape(-1, ks)[kept_kernels].ravel(), k + 1).to_json()
     else:
         others = symbols != background
         gaps = sparse_positions.encode_gaps(others, gap_bits)
@@ -234,6 +254,16 @@ def _decode_shared(container: Container, e: dict, source: str) -> np.ndarray:
             raise DeepCompError(f"{source}: positions and symbols of {e['name']} do not match")
         symbols = np.full(size, background, dtype=coded.dtype if coded.dtype.itemsize >= 2 else np.uint16)
         symbols[positions] = coded
+    elif e["layout"] == "kernels":
+        ks = pruning.kernel_size(shape)
+        if int(e.get("kernel", 0)) != ks or ks < 2:
+            raise DeepCompError(f"{source}: the kernel size of {e['name']} does not fit its shape")
+        kernels = sparse_positions.decode_positions(_uncode(container, e["positions"], source), int(e["gap_bits"]), size // ks)
+        if coded.size != kernels.size * ks:
+            raise DeepCompError(f"{source}: kernels and symbols of {e['name']} do not match")
+        symbols = np.full((size // ks, ks), k, dtype=coded.dtype if coded.dtype.itemsize >= 2 else np.uint16)
+        symbols[kernels] = coded.reshape(-1, ks)
+        symbols = symbols.ravel()
     else:
         raise DeepCompError(f"{source}: unknown layout {e['layout']!r} for {e['name']}")
     if symbols.size and int(symbols.max()) > k:

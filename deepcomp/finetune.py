@@ -146,18 +146,26 @@ def prune_targets(arrays: Mapping[str, np.ndarray], policy: Policy) -> dict:
     with a global fraction the per-tensor entries are None (one threshold).
     """
     tensors: dict[str, float | None] = {}
+    kernels: list[str] = []
     for name, a in arrays.items():
         a = np.asarray(a)
         rule = policy.rule_for(name, a.shape)
         if not rule.prunes or not np.issubdtype(a.dtype, np.floating) or a.size == 0:
             continue
+        if rule.granularity == "kernel":
+            if policy.global_prune is not None:
+                raise DeepCompError(f"{name}: global pruning prunes single weights; kernel granularity needs a per-tensor prune")
+            kernels.append(name)
         if policy.global_prune is not None:
             tensors[name] = None
         elif rule.prune:
             tensors[name] = float(rule.prune)
         else:
             tensors[name] = 1.0 - pruning.density(pruning.threshold_mask(a, rule.prune_std))
-    return {"global": policy.global_prune, "tensors": tensors}
+    targets = {"global": policy.global_prune, "tensors": tensors}
+    if kernels:  # pruned by whole kernels (absent: every tensor by single weights)
+        targets["kernel"] = kernels
+    return targets
 
 
 def schedule_masks(
@@ -177,7 +185,9 @@ def schedule_masks(
         frac = round_sparsity(round_index, rounds, targets["global"], schedule)
         masks = pruning.global_masks({n: arrays[n] for n in names}, frac)
     else:
-        masks = {n: pruning.magnitude_mask(arrays[n], round_sparsity(round_index, rounds, targets["tensors"][n], schedule)) for n in names}
+        kernel = set(targets.get("kernel", ()))
+        masks = {n: pruning.magnitude_mask(arrays[n], round_sparsity(round_index, rounds, targets["tensors"][n], schedule),
+                                           "kernel" if n in kernel else "element") for n in names}
     if previous:
         for n in masks:
             if n in previous:
@@ -244,12 +254,17 @@ def gradual_prune_retrain(
     checkpoint_every: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    anneal_steps: int = 0,
+    anneal_lr: float | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Iterative magnitude pruning up to the policy's sparsity, with masked retraining.
 
-    ``cfg.steps`` training steps in all, split evenly over ``rounds``; round
-    ``i`` first prunes to ``round_sparsity(i, rounds, final, schedule)`` of
-    each tensor's final sparsity, then retrains with the masks.  Returns the
+    ``cfg.steps`` training steps in all: the first ``cfg.steps - anneal_steps``
+    split evenly over ``rounds``; round ``i`` first prunes to
+    ``round_sparsity(i, rounds, final, schedule)`` of each tensor's final
+    sparsity, then retrains with the masks.  The last ``anneal_steps`` retrain
+    the final masks at ``anneal_lr`` (a low-rate phase, as a baseline's
+    training ends: the weights settle before they are shared).  Returns the
     final masks (name -> bool tensor, True = kept) and the training state,
     which holds the schedule (``state["prune"]``) and masks
     (``state["masks"]``): pass it back as ``state`` to resume.
@@ -259,6 +274,8 @@ def gradual_prune_retrain(
     state = {} if state is None else state
     if rounds < 1:
         raise DeepCompError("the number of pruning rounds must be at least 1")
+    if not 0 <= anneal_steps < cfg.steps or (anneal_steps and anneal_lr is None):
+        raise DeepCompError(f"the anneal phase needs 0 <= steps < the {cfg.steps} retraining steps and a learning rate")
     round_sparsity(1, rounds, 0.0, schedule)  # checks the schedule name
     params = _params(model)
     if "prune" not in state:
@@ -273,7 +290,7 @@ def gradual_prune_retrain(
         if on_checkpoint is not None:
             on_checkpoint({"state_dict": cpu_state_dict(model), "train_state": st})
 
-    total = cfg.steps
+    total = cfg.steps - anneal_steps
     for r in range(1, rounds + 1):
         end = total if r == rounds else round(r * total / rounds)
         if ps["round"] < r:
@@ -290,6 +307,11 @@ def gradual_prune_retrain(
         if state.get("step", 0) < end:
             train_steps(model, data.sampler, replace(cfg, steps=end), state, data.val_crops, masks=_float_masks(masks, model),
                         on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log)
+    if anneal_steps and state.get("step", 0) < cfg.steps:
+        if state.get("step", 0) == total:
+            log(f"anneal at step {total}: {anneal_steps} steps at lr {anneal_lr:g} with the final masks")
+        train_steps(model, data.sampler, cfg, state, data.val_crops, masks=_float_masks(masks, model), on_checkpoint=save,
+                    checkpoint_every=checkpoint_every, progress=progress, log=log, set_lr=anneal_lr)
     return masks, state
 
 

@@ -45,7 +45,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from . import codec, container, evaluation, sparse_positions, zoo
+from . import codec, container, evaluation, pruning, sparse_positions, zoo
 from .checkpoints import atomic_write_bytes, checkpoint_config, read_state_dict, sha256_file, write_checkpoint
 from .errors import DeepCompError
 from .finetune import (
@@ -81,6 +81,7 @@ class PipelineConfig:
     target_ratio: float | None = None  # compression ratio vs fp32 -> sensitivity + allocator
     target_loss: float | None = None  # RD loss increase -> sensitivity + allocator
     retrain_steps: int = 2000
+    anneal_steps: int = 0  # the retraining's last steps, after the last pruning round, at centroid_lr
     prune_rounds: int = 4
     schedule: str = "agp"
     centroid_steps: int = 1000
@@ -109,8 +110,10 @@ class PipelineConfig:
             raise DeepCompError(f"unknown pruning schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.sens_mode not in MODES:
             raise DeepCompError(f"unknown sensitivity mode {self.sens_mode!r}; choose one of {', '.join(MODES)}")
-        if self.prune_rounds < 1 or self.retrain_steps < 0 or self.centroid_steps < 0:
+        if self.prune_rounds < 1 or self.retrain_steps < 0 or self.centroid_steps < 0 or self.anneal_steps < 0:
             raise DeepCompError("prune rounds must be >= 1 and step counts >= 0")
+        if self.anneal_steps and self.anneal_steps >= self.retrain_steps:
+            raise DeepCompError(f"the anneal steps ({self.anneal_steps}) must be fewer than the retraining steps ({self.retrain_steps})")
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -126,11 +129,22 @@ class PipelineConfig:
 
 # ---------------------------------------------------------------- sizes (Han's stages)
 def position_bits(kept: np.ndarray) -> int:
-    """Bits of the relative indices of the kept positions, at the best fixed width (no Huffman)."""
+    """Bits of the relative indices of the kept positions, at the best fixed width (no Huffman).
+
+    A conv weight whose kernels are kept or pruned whole (kernel-granular
+    pruning) is coded as the positions of its kept kernels when that is cheaper.
+    """
     kept = np.asarray(kept, dtype=bool)
     if not kept.any():
         return 0
-    return min(sparse_positions.encode_gaps(kept, g).size * g for g in range(1, 17))
+    bits = min(sparse_positions.encode_gaps(kept, g).size * g for g in range(1, 17))
+    ks = pruning.kernel_size(kept.shape)
+    if ks > 1:
+        kernels = kept.reshape(-1, ks)
+        whole = kernels.all(axis=1)
+        if np.array_equal(whole, kernels.any(axis=1)):
+            bits = min(bits, min(sparse_positions.encode_gaps(whole, g).size * g for g in range(1, 17)))
+    return bits
 
 
 def stage_bytes(arrays: Mapping[str, np.ndarray], policy: Policy, shared: bool) -> int:
@@ -227,6 +241,8 @@ class Pipeline:
             if rec["checkpoint"]["sha256"] != ck["sha256"]:
                 raise DeepCompError(f"{self.out} holds a pipeline run of another checkpoint ({rec['checkpoint']['path']}); use a new output folder")
             old = rec.get("config", {})
+            # a setting added after the run was recorded had its default there
+            old = {**PipelineConfig().to_json(), **old}
             diff = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
             if diff:
                 changes = ", ".join(f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in diff)
@@ -340,7 +356,8 @@ class Pipeline:
         data = self.data
         data.sampler.rng = np.random.default_rng([c.seed, 1, (state or {}).get("step", 0)])
         gradual_prune_retrain(model, policy, tc, data, c.prune_rounds, c.schedule, state=state, on_checkpoint=save,
-                              checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log)
+                              checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log,
+                              anneal_steps=c.anneal_steps, anneal_lr=c.centroid_lr)
         ck = read_training_checkpoint(path)
         self._save_model(path, model.state_dict(), train_state=ck.get("train_state"), done=True)
         self._finish("retrain", file="retrain.pth.tar")

@@ -9,6 +9,9 @@ linear weights; ``any``) and by ``min_size`` (number of elements).
 What a rule says:
 - ``prune``: fraction of weights to zero by magnitude, or ``prune_std``:
   Han et al.'s threshold ``quality * std``; neither: dense.
+  ``granularity``: ``element`` (each weight on its own |w|) or ``kernel``
+  (``prune`` only: whole kernels, the trailing spatial dimensions of a conv
+  weight, by their L2 norm; their positions then cost one bit per kernel).
 - ``bits``: share the (surviving) weights in ``2**bits`` values; ``None``
   stores the tensor raw, as ``storage`` (``fp32`` or ``fp16``).
 - ``quantizer``: ``kmeans`` (with ``init`` linear/density/forgy) or
@@ -32,6 +35,7 @@ from .errors import DeepCompError
 KINDS = ("any", "weight")
 QUANTIZERS = ("kmeans", "uniform")
 STORAGES = ("fp32", "fp16")
+GRANULARITIES = ("element", "kernel")
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Rule:
     init: str = "linear"
     per_channel: bool = False
     storage: str = "fp32"
+    granularity: str = "element"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -66,6 +71,10 @@ class Rule:
             raise DeepCompError(f"rule {self.pattern!r}: init must be one of {INITS}, got {self.init!r}")
         if self.storage not in STORAGES:
             raise DeepCompError(f"rule {self.pattern!r}: storage must be one of {STORAGES}, got {self.storage!r}")
+        if self.granularity not in GRANULARITIES:
+            raise DeepCompError(f"rule {self.pattern!r}: granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        if self.granularity != "element" and self.prune_std is not None:
+            raise DeepCompError(f"rule {self.pattern!r}: prune_std prunes single weights; kernel granularity needs prune")
         if (self.prune or self.prune_std is not None) and self.bits is None:
             raise DeepCompError(f"rule {self.pattern!r}: a pruned tensor needs bits (sparse tensors are stored shared)")
 
@@ -105,8 +114,8 @@ class Policy:
                 return rule
         return Rule()
 
-    def with_weight_rule(self, prune: float | None = None, bits: int | None = None) -> "Policy":
-        """Set ``prune``/``bits`` on every ``kind="weight"`` rule (the CLI's --prune/--bits)."""
+    def with_weight_rule(self, prune: float | None = None, bits: int | None = None, granularity: str | None = None) -> "Policy":
+        """Set ``prune``/``bits``/``granularity`` on every ``kind="weight"`` rule (the CLI's --prune/--bits/--granularity)."""
         rules = []
         for r in self.rules:
             if r.kind == "weight":
@@ -115,6 +124,8 @@ class Policy:
                     changes.update(prune=prune or None, prune_std=None)
                 if bits is not None:
                     changes["bits"] = bits
+                if granularity is not None:
+                    changes["granularity"] = granularity
                 r = replace(r, **changes)
             rules.append(r)
         return replace(self, rules=tuple(rules))
@@ -126,7 +137,9 @@ class Policy:
         return replace(self, rules=tuple(replace(r, storage=storage) for r in self.rules))
 
     def to_json(self) -> dict:
-        return {"rules": [asdict(r) for r in self.rules], "global_prune": self.global_prune}
+        # the default granularity is left out, so that policies written before it existed read back unchanged
+        rules = [{k: v for k, v in asdict(r).items() if not (k == "granularity" and v == "element")} for r in self.rules]
+        return {"rules": rules, "global_prune": self.global_prune}
 
     @classmethod
     def from_json(cls, obj: dict, source: str = "policy") -> "Policy":

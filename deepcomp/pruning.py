@@ -19,12 +19,26 @@ def _check_fraction(fraction: float) -> None:
         raise DeepCompError(f"pruning fraction must be in [0, 1], got {fraction}")
 
 
-def magnitude_mask(weights: np.ndarray, fraction: float) -> np.ndarray:
+def kernel_size(shape) -> int:
+    """Elements per kernel: the trailing (spatial) dimensions of a conv weight, 1 for anything of 2 or fewer dimensions."""
+    return int(np.prod(shape[2:], dtype=np.int64)) if len(shape) > 2 else 1
+
+
+def magnitude_mask(weights: np.ndarray, fraction: float, granularity: str = "element") -> np.ndarray:
     """Mask that zeroes exactly ``round(fraction * size)`` weights of smallest |w|.
 
-    Ties are broken by position (stable), so the result is deterministic.
+    ``granularity="kernel"``: whole kernels (:func:`kernel_size` elements) of
+    smallest L2 norm instead, ``round(fraction * kernels)`` of them.  Ties are
+    broken by position (stable), so the result is deterministic.
     """
     _check_fraction(fraction)
+    if granularity == "kernel":
+        w = np.asarray(weights, dtype=np.float64)
+        ks = kernel_size(w.shape)
+        norms = np.sqrt(np.square(w.reshape(-1, ks)).sum(axis=1)) if w.size else np.zeros(0)
+        return np.repeat(magnitude_mask(norms, fraction), ks).reshape(w.shape)
+    if granularity != "element":
+        raise DeepCompError(f"unknown pruning granularity {granularity!r} (element, kernel)")
     flat = np.abs(np.asarray(weights, dtype=np.float64).ravel())
     n_prune = int(round(fraction * flat.size))
     mask = np.ones(flat.size, dtype=bool)

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from deepcomp import codec, container
+from dataclasses import replace
+
+from deepcomp import codec, container, pruning
 from deepcomp.errors import DeepCompError
 from deepcomp.policy import Policy, Rule
 from deepcomp.weight_sharing import kmeans_share
@@ -81,6 +83,41 @@ def test_skewed_tensor_uses_background_layout_near_entropy():
     assert np.all(back[~hit] == background) and abs(background - 0.25) < 0.05
     payload_bits = 8 * sum(len(c.records[r]) for r in codec.tensor_records(e))
     assert payload_bits < 0.5 * w.size  # well under the 1 bit/element a plain Huffman code needs
+
+
+def test_kernel_pruned_weight_uses_the_kernels_layout_and_pays_one_gap_per_kernel():
+    rng = np.random.default_rng(3)
+    w = rng.normal(size=(64, 32, 5, 5)).astype(np.float32)
+    by_kernel = Policy().with_weight_rule(prune=0.7, bits=5, granularity="kernel")
+    c = codec.encode_arrays({"g_a.2.weight": w}, by_kernel)
+    e = c.header["tensors"][0]
+    assert e["layout"] == "kernels" and e["kernel"] == 25
+    back = codec.decode_arrays(container.from_bytes(container.to_bytes(c)))["g_a.2.weight"]
+    kept = pruning.magnitude_mask(w, 0.7, "kernel")
+    assert np.all(back[~kept] == 0) and np.all(back[kept] != 0)
+    assert np.array_equal(back[kept], kmeans_share(w[kept], 5).reconstruct())
+    # the positions: about one bit per kernel, far below one gap per weight of the same density pruned singly
+    position_bytes = len(c.records[e["positions"]["stream"]])
+    assert position_bytes * 8 < 1.2 * w.size / 25
+    single = codec.encode_arrays({"g_a.2.weight": w}, Policy().with_weight_rule(prune=0.7, bits=5))
+    assert single.header["tensors"][0]["layout"] == "gaps"
+    assert len(container.to_bytes(c)) < 0.75 * len(container.to_bytes(single))
+    # a corrupt kernel size is refused in one line
+    bad = container.Container(header={**c.header, "tensors": [dict(e, kernel=5)]}, records=c.records)
+    with pytest.raises(DeepCompError, match="kernel size"):
+        codec.decode_arrays(bad)
+
+
+def test_granularity_stays_out_of_policies_that_do_not_use_it():
+    assert "granularity" not in Policy().to_json()["rules"][2]
+    kernel = Policy().with_weight_rule(prune=0.5, bits=4, granularity="kernel")
+    assert Policy.from_json(kernel.to_json()) == kernel and kernel.to_json()["rules"][2]["granularity"] == "kernel"
+    with pytest.raises(DeepCompError, match="granularity"):
+        Rule(granularity="channel")
+    with pytest.raises(DeepCompError, match="kernel"):
+        Rule(prune_std=0.5, bits=4, granularity="kernel")
+    with pytest.raises(DeepCompError, match="global"):
+        codec.encode_arrays({"w.weight": np.ones((4, 4, 3, 3), np.float32)}, replace(kernel, global_prune=0.5))
 
 
 def test_fp16_storage_on_request():

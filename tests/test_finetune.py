@@ -1,6 +1,7 @@
 """Masked retraining and trained quantization (centroid fine-tuning), and writing the result exactly."""
 
 from collections import OrderedDict
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -88,6 +89,28 @@ def test_schedule_masks_are_nested_and_reach_the_target():
     assert sum((~m).sum() for m in gm.values()) == round(0.5 * sum(a.size for a in arrays.values()))
 
 
+def test_kernel_schedule_masks_prune_whole_kernels_round_by_round():
+    rng = np.random.default_rng(1)
+    arrays = {"a.weight": rng.normal(size=(8, 4, 3, 3)), "b.weight": rng.normal(size=(8, 4, 3, 3))}
+    policy = Policy(rules=(Rule(pattern="a.*", prune=0.75, bits=4, granularity="kernel"), Rule(pattern="b.*", prune=0.5, bits=4), Rule()))
+    targets = prune_targets(arrays, policy)
+    assert targets["kernel"] == ["a.weight"]
+    prev = None
+    for r in (1, 2):
+        masks = schedule_masks(arrays, targets, r, 2, "agp", prev)
+        kernels = masks["a.weight"].reshape(32, 9)
+        assert (kernels.all(axis=1) | ~kernels.any(axis=1)).all()
+        if prev is not None:
+            assert not np.any(masks["a.weight"] & ~prev["a.weight"])
+        prev = masks
+        arrays = {n: np.where(masks[n], a, 0.0) for n, a in arrays.items()}
+    assert (~kernels.any(axis=1)).sum() == 24
+    b = masks["b.weight"].reshape(32, 9)
+    assert (b.any(axis=1) & ~b.all(axis=1)).any()  # the other tensor is pruned weight by weight
+    with pytest.raises(DeepCompError, match="global"):
+        prune_targets(arrays, replace(policy, global_prune=0.5))
+
+
 # ---------------------------------------------------------------- masked retraining
 def test_masks_hold_exactly_through_retraining(data):
     net = model()
@@ -135,6 +158,24 @@ def test_gradual_pruning_reaches_the_policy_and_resumes(data):
         assert not torch.any(m & ~first[n])  # round-1 pruned weights stayed pruned
     with pytest.raises(DeepCompError, match="rounds"):
         gradual_prune_retrain(net2, policy, cfg(4), data, rounds=3, state=state, progress=False, log=quiet)
+
+
+def test_anneal_phase_trains_the_final_masks_at_its_own_rate(data):
+    policy = Policy(rules=(Rule(pattern="*entropy_bottleneck*"), Rule(kind="weight", prune=0.5, bits=4), Rule()))
+    net = model()
+    lrs, lines = [], []
+    record = lambda p: lrs.append(p["train_state"]["optimizer"]["param_groups"][0]["lr"])  # the state is updated in place
+    masks, state = gradual_prune_retrain(net, policy, cfg(5), data, rounds=2, on_checkpoint=record, checkpoint_every=1,
+                                         progress=False, log=lines.append, anneal_steps=2, anneal_lr=1e-6)
+    # the two rounds share the first 3 steps (round 2 prunes at step 2), the last 2 anneal with the final masks
+    assert state["step"] == 5 and state["prune"]["round"] == 2
+    assert any("pruning round 2/2 (agp) at step 2" in line for line in lines)
+    assert any(line.startswith("anneal at step 3") for line in lines)
+    assert lrs[:3] == [1e-3] * 3 and lrs[3:] == [1e-6] * 2
+    params = dict(net.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in masks.items())
+    with pytest.raises(DeepCompError, match="anneal"):
+        gradual_prune_retrain(model(), policy, cfg(5), data, rounds=2, anneal_steps=5, anneal_lr=1e-6, progress=False, log=quiet)
 
 
 # ---------------------------------------------------------------- trained quantization

@@ -227,10 +227,27 @@ def test_bad_setting_is_one_line(tool, tmp_path, capsys):
     assert len(err) == 1 and "bad setting" in err[0]
 
 
+def test_kernel_settings_prune_whole_kernels(tool):
+    from deepcomp.policy import Policy
+
+    assert tool.parse_setting("alloc21-bits5-kernel") == ("alloc", 21.0, 5) and tool.granularity_of("alloc21-bits5-kernel") == "kernel"
+    cfg = tool.setting_config("alloc21-bits5-kernel")
+    assert cfg["target_ratio"] == 21.0 and Policy.from_json(cfg["policy"]).rule_for("g_a.2.weight", (128, 128, 5, 5)).granularity == "kernel"
+    prune = Policy.from_json(tool.setting_config("prune0.7-bits4-kernel", raw_storage="fp16")["policy"]).rule_for("g_a.2.weight", (128, 128, 5, 5))
+    assert (prune.prune, prune.bits, prune.granularity, prune.storage) == (0.7, 4, "kernel", "fp16")
+    assert tool.setting_config("alloc21-bits5") == {"target_ratio": 21.0, "sens_bits": (5,), "sens_ratios": tuple(tool.ALLOC_RATIOS)}
+    with pytest.raises(DeepCompError):
+        tool.parse_setting("alloc21-bits5-channel")
+
+
 def test_control_schedule_default_is_matched(tool):
     base = ["x-q3.pth.tar", "--retrain-steps", "1000", "--centroid-steps", "200", "--lr", "1e-4", "--centroid-lr", "1e-5"]
     assert tool.control_phases(tool.build_parser().parse_args(base)) == [(1000, 1e-4), (1200, 1e-5)]
     assert tool.control_phases(tool.build_parser().parse_args(base + ["--control-schedule", "flat"])) == [(1200, 1e-4)]
+    # an anneal phase at the end of the retraining: the control's low-rate phase starts as early
+    annealed = tool.build_parser().parse_args(base + ["--anneal-steps", "200"])
+    assert tool.control_phases(annealed) == [(800, 1e-4), (1200, 1e-5)]
+    assert "the last 400 at 1e-05" in tool.control_lr_text(annealed)
 
 
 def test_allocation_md_lists_the_chosen_ratios(tool, tmp_path):

@@ -132,6 +132,9 @@ def test_sizes_of_han_stages():
     # relative positions at the best fixed width; never more than one bit per element plus slack
     assert 0 < position_bits(kept) <= w.size + 16
     assert position_bits(np.ones(10, bool)) == 10  # 1-bit gaps of 0
+    # kernels kept or pruned whole: the positions of the kernels, one bit each at most
+    kernels = np.repeat(rng.random(64 * 16) < 0.4, 9).reshape(64, 16, 3, 3)
+    assert position_bits(kernels) <= 64 * 16 < position_bits(kernels.ravel())
     policy = Policy(rules=(Rule(pattern="w", bits=4), Rule(pattern="b", storage="fp16"), Rule()))
     arrays = {"w": w, "b": np.ones(10, np.float32), "n": np.arange(3, dtype=np.int64)}
     fp32 = stage_bytes(arrays, policy, shared=False)

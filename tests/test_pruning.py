@@ -43,3 +43,20 @@ def test_global_masks_share_one_threshold():
 def test_bad_fraction_is_package_error(bad):
     with pytest.raises(DeepCompError):
         pruning.magnitude_mask(np.ones(4), bad)
+
+
+def test_kernel_mask_prunes_whole_kernels_of_smallest_norm():
+    rng = np.random.default_rng(2)
+    w = rng.normal(size=(6, 4, 3, 3))
+    w[0, 1] *= 0.01  # the smallest kernel by L2 norm, though not every weight of it is the smallest
+    mask = pruning.magnitude_mask(w, 0.25, "kernel")
+    kernels = mask.reshape(24, 9)
+    assert mask.shape == w.shape and (kernels.all(axis=1) | ~kernels.any(axis=1)).all()  # all or nothing per kernel
+    assert (~kernels.any(axis=1)).sum() == 6 and not mask[0, 1].any()
+    norms = np.sqrt(np.square(w).reshape(24, 9).sum(axis=1))
+    assert norms[kernels.all(axis=1)].min() >= norms[~kernels.any(axis=1)].max()
+    # two or fewer dimensions: a kernel is one weight
+    v = rng.normal(size=(8, 5))
+    assert np.array_equal(pruning.magnitude_mask(v, 0.5, "kernel"), pruning.magnitude_mask(v, 0.5))
+    with pytest.raises(DeepCompError, match="granularity"):
+        pruning.magnitude_mask(w, 0.5, "channel")

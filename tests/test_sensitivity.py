@@ -129,6 +129,10 @@ def test_allocation_policy_applies_per_layer_rules():
 def test_encode_tensor_sizes_follow_the_setting():
     w = np.random.default_rng(0).normal(size=(32, 16, 3, 3)).astype(np.float32)
     rule = Rule(kind="weight", bits=8)
+    # kernel pruning keeps its granularity through the sweep, and its positions are cheaper
+    dk, bk = encode_tensor("x.weight", w, setting_rule(Rule(kind="weight", bits=8, granularity="kernel"), 0.8, 3))
+    assert np.count_nonzero(dk.reshape(-1, 9).any(axis=1)) == round(0.2 * 32 * 16)
+    assert bk < encode_tensor("x.weight", w, setting_rule(rule, 0.8, 3))[1]
     d8, b8 = encode_tensor("x.weight", w, setting_rule(rule, 0.0, 8))
     d3, b3 = encode_tensor("x.weight", w, setting_rule(rule, 0.0, 3))
     p3, bp = encode_tensor("x.weight", w, setting_rule(rule, 0.8, 3))
@@ -173,6 +177,9 @@ def test_analyze_measures_restores_and_resumes(tmp_path):
     assert again.to_json()["entries"] == table.to_json()["entries"]
     with pytest.raises(DeepCompError, match="another grid"):
         analyze(model, crops, 0.0067, policy, ratios=(0.9,), bits=(2, 8), layers=["g_a.6.weight", "g_a.1.gamma"], table=again, progress=False)
+    with pytest.raises(DeepCompError, match="granularity"):  # a table of single-weight pruning does not serve kernel pruning
+        analyze(model, crops, 0.0067, policy.with_weight_rule(granularity="kernel"), ratios=(0.5,), bits=(2, 8),
+                layers=["g_a.6.weight", "g_a.1.gamma"], table=again, progress=False)
     # separable: fewer measurements, every setting has a size
     sep = analyze(model, crops, 0.0067, policy, ratios=(0.5,), bits=(2, 4, 8), mode="separable", layers=["g_a.6.weight"], progress=False)
     measured = [e for e in sep.entries if e["loss"] is not None]

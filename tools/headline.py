@@ -57,7 +57,7 @@ from deepcomp.errors import DeepCompError
 from deepcomp.report import csv_text, human_bytes
 
 STAGE_KEYS = ("prune", "retrain", "share", "centroids", "huffman")
-SETTING = re.compile(r"^(prune|alloc)(\d*\.?\d+)-bits(\d+)$")
+SETTING = re.compile(r"^(prune|alloc)(\d*\.?\d+)-bits(\d+)(-kernel)?$")
 #: The pruning ratios an ``alloc`` setting's sensitivity analysis measures for every layer (``--sens-ratios``).
 ALLOC_RATIOS = (0.0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)
 FIELDS = ("setting", "stage", "label", "qualities", "min_ratio", "family_ratio", "min_ratio_vs_checkpoint_file",
@@ -70,10 +70,12 @@ def log(msg: str) -> None:
 
 def parse_setting(spec: str) -> tuple[str, float, int]:
     """``prune<fraction>-bits<b>``: one pruning ratio for every conv weight; ``alloc<ratio>-bits<b>``: per-layer
-    pruning ratios allocated from each baseline's sensitivity for a file ``ratio`` x smaller than fp32."""
+    pruning ratios allocated from each baseline's sensitivity for a file ``ratio`` x smaller than fp32.  A ``-kernel``
+    suffix prunes whole kernels instead of single weights (:func:`granularity_of`)."""
     m = SETTING.match(spec)
     if not m:
-        raise DeepCompError(f"bad setting {spec!r}: expected prune<fraction>-bits<b> or alloc<ratio>-bits<b>, e.g. prune0.85-bits4, alloc21-bits5")
+        raise DeepCompError(f"bad setting {spec!r}: expected prune<fraction>-bits<b> or alloc<ratio>-bits<b>, optionally "
+                            "ending in -kernel, e.g. prune0.85-bits4, alloc21-bits5, alloc21-bits5-kernel")
     kind, value, bits = m.group(1), float(m.group(2)), int(m.group(3))
     if not 1 <= bits <= 16:
         raise DeepCompError(f"bad setting {spec!r}: the bits must be in 1..16")
@@ -84,6 +86,11 @@ def parse_setting(spec: str) -> tuple[str, float, int]:
     return kind, value, bits
 
 
+def granularity_of(spec: str) -> str:
+    """``kernel`` for a setting ending in ``-kernel``, else ``element``."""
+    return "kernel" if spec.endswith("-kernel") else "element"
+
+
 def setting_config(spec: str, sens_ratios=ALLOC_RATIOS, raw_storage: str = "fp32") -> dict:
     """The :class:`~deepcomp.pipeline.PipelineConfig` fields a setting decides; ``raw_storage``: how the tensors
     left unshared (biases, GDN betas, the entropy bottleneck) are stored (``fp32``, the default policy's, or ``fp16``)."""
@@ -91,10 +98,13 @@ def setting_config(spec: str, sens_ratios=ALLOC_RATIOS, raw_storage: str = "fp32
 
     kind, value, bits = parse_setting(spec)
     base = Policy().with_raw_storage(raw_storage)
+    kernel = granularity_of(spec) == "kernel"
+    if kernel:  # the allocator's sensitivity then prunes whole kernels too
+        base = base.with_weight_rule(granularity="kernel")
     if kind == "prune":
         return {"policy": base.with_weight_rule(prune=value, bits=bits).to_json()}
     alloc = {"target_ratio": value, "sens_bits": (bits,), "sens_ratios": tuple(float(r) for r in sens_ratios)}
-    return alloc if raw_storage == "fp32" else {"policy": base.to_json(), **alloc}
+    return alloc if raw_storage == "fp32" and not kernel else {"policy": base.to_json(), **alloc}
 
 
 def quality_of(path: Path) -> int:
@@ -419,8 +429,9 @@ def control_phases(args) -> list[tuple[int, float]]:
     """The control's learning rate by phase, as ``(last step, lr)``: all steps at ``--lr`` (flat), or, matched,
     the retraining's steps at ``--lr`` and the centroid fine-tuning's at ``--centroid-lr``, as the pipeline ends."""
     steps = args.retrain_steps + args.centroid_steps
-    if args.control_schedule == "matched" and args.centroid_steps > 0 and args.centroid_lr != args.lr:
-        return [(args.retrain_steps, args.lr), (steps, args.centroid_lr)]
+    low = args.anneal_steps + args.centroid_steps  # the pipeline's steps at --centroid-lr: its anneal and centroid phases
+    if args.control_schedule == "matched" and low > 0 and args.centroid_lr != args.lr:
+        return [(steps - low, args.lr), (steps, args.centroid_lr)]
     return [(steps, args.lr)]
 
 
@@ -428,7 +439,8 @@ def control_lr_text(args) -> str:
     phases = control_phases(args)
     if len(phases) == 1:
         return f"lr {args.lr:g}"
-    return f"lr {args.lr:g}, the last {args.centroid_steps} at {args.centroid_lr:g} as the pipeline's centroid fine-tuning"
+    ends = "centroid fine-tuning" if not args.anneal_steps else "anneal and centroid fine-tuning"
+    return f"lr {args.lr:g}, the last {args.anneal_steps + args.centroid_steps} at {args.centroid_lr:g} as the pipeline's {ends}"
 
 
 def control_dir(work: Path, steps: int, lr: float, phases: list[tuple[int, float]] | None = None) -> Path:
@@ -523,6 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, default=Path("artifacts/headline"))
     p.add_argument("--work", type=Path, default=Path("runs/headline"), help="pipeline folders (resumable)")
     p.add_argument("--retrain-steps", type=int, default=600)
+    p.add_argument("--anneal-steps", type=int, default=0,
+                   help="the retraining's last steps, after the last pruning round, at --centroid-lr (a matched control anneals as long)")
     p.add_argument("--prune-rounds", type=int, default=3)
     p.add_argument("--centroid-steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -572,7 +586,7 @@ def run(args, argv) -> dict:
             out = args.work / setting / f"q{q}"
             (out / "results").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base_dir / f"q{q}" / "baseline.json", out / "results" / "baseline.json")
-            cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps,
+            cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps,
                                  prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
                                  batch_size=args.batch_size, patch_size=args.patch_size, val_every=args.val_every,
                                  val_fraction=args.val_fraction, val_patch=args.val_patch)

@@ -30,6 +30,13 @@
 #                LONG_QUALITIES (default 3; "1 2 3 4" gives the family BD-rate), settings LONG_SETTINGS (default the
 #                shipped one; the controls are shared) (artifacts/retraining/<setting>-3000steps/;
 #                ~55 min a quality and setting for the pipeline and ~45 min a quality for its control, on one core)
+#   granularity  quality 3 at the shipped setting pruned by whole kernels instead of single weights
+#                (alloc21-bits5-kernel: the kept kernels' positions cost one gap each), against the same setting pruned
+#                weight by weight and the control, the headline's retraining (artifacts/granularity/; ~45 min on one core
+#                beside the headline's work, which it shares)
+#   anneal       quality 3 at the shipped setting with the retraining's last 200 steps at lr 1e-5 after the last pruning
+#                round (--anneal-steps 200; rounds over the first 800), against a control annealed as long (800 steps at
+#                1e-4, 400 at 1e-5) (artifacts/anneal/; ~45 min on one core)
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -61,7 +68,7 @@ for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prun
   SETTINGS+=(--setting "$s")
 done
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining parts structured comparison)
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining granularity anneal parts structured comparison)
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
@@ -92,6 +99,13 @@ for step in "${steps[@]}"; do
           --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
           --raw-storage fp16 -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
       done ;;
+    granularity)
+      "$PY" tools/headline.py $B-q3.pth.tar --setting $SHIPPED --setting $SHIPPED-kernel "${HEADLINE[@]/artifacts\/headline/artifacts/granularity}" \
+        --control --threads "$THREADS" --quiet ;;
+    anneal)
+      "$PY" tools/headline.py $B-q3.pth.tar --setting $SHIPPED --retrain-steps 1000 --anneal-steps 200 --prune-rounds 4 --centroid-steps 200 \
+        --lr 1e-4 --centroid-lr 1e-5 --control-schedule matched --raw-storage fp16 -o artifacts/anneal --work $W/anneal200 \
+        --control --threads "$THREADS" --quiet ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work $W/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
@@ -103,6 +117,6 @@ for step in "${steps[@]}"; do
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work $W/comparison --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
-    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining parts structured comparison)" >&2; exit 2 ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining granularity anneal parts structured comparison)" >&2; exit 2 ;;
   esac
 done

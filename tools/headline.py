@@ -242,7 +242,7 @@ def _control_delta(table: dict, control: dict) -> str:
 def control_md(per_setting, controls: dict[int, dict], rows, steps: int, lr_text: str) -> list[str]:
     """The control section: what the same extra training gives the unpruned baselines."""
     lines = ["## Control: the baselines trained on unpruned", "",
-             f"The baselines are not trained to convergence, so masked retraining also trains them further. The control trains each "
+             f"Masked retraining also trains the baselines further, which helps as far as they are short of convergence. The control trains each "
              f"baseline for the same {steps} steps (the retraining's plus the centroid fine-tuning's) {lr_text}, with the same λ, "
              "crops and batches, and no mask. *Δ vs control*: the final file against the control of the same quality "
              "(bpp in %, PSNR in dB). *Val RD loss*: on the validation split of the training photos.", "",

@@ -89,8 +89,6 @@ def plan_tensors(arrays: Mapping[str, np.ndarray], policy: Policy) -> "OrderedDi
     plans = OrderedDict((n, Plan(policy.rule_for(n, np.shape(a)))) for n, a in arrays.items())
     prunable = {n: arrays[n] for n, p in plans.items() if p.rule.prunes and _is_float(arrays[n])}
     if policy.global_prune is not None:
-        if any(plans[n].rule.granularity != "element" for n in prunable):
-            raise DeepCompError("global pruning prunes single weights; kernel granularity needs a per-tensor prune")
         for n, m in pruning.global_masks(prunable, policy.global_prune).items():
             plans[n].mask = m
     else:
@@ -171,8 +169,9 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
         kept_kernels = (symbols.reshape(-1, ks) != k).any(axis=1)
         if not kept_kernels.all():
             kernel_bits = sparse_positions.choose_gap_bits(kept_kernels)
-            gaps = sparse_positions.encode_gaps(kept_kernels, kernel_bits)
-            cost = _stream_cost(gaps, 1 << kernel_bits) + _stream_cost(symbols.reshape(-1, ks)[kept_kernels].ravel(), k + 1)
+            kernel_gaps = sparse_positions.encode_gaps(kept_kernels, kernel_bits)
+            kernel_symbols = symbols.reshape(-1, ks)[kept_kernels].ravel()
+            cost = _stream_cost(kernel_gaps, 1 << kernel_bits) + _stream_cost(kernel_symbols, k + 1)
             if cost < best[0]:
                 best = (cost, "kernels", kernel_bits)
     _, background, gap_bits = best
@@ -181,8 +180,8 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
         entry["indices"] = _code(container, symbols, k + 1).to_json()
     elif background == "kernels":
         entry.update(layout="kernels", kernel=ks, gap_bits=int(gap_bits))
-        entry["positions"] = _code(container, sparse_positions.encode_gaps(kept_kernels, gap_bits), 1 << gap_bits).to_json()
-        entry["indices"] = _code(container, symbols.reshape(-1, ks)[kept_kernels].ravel(), k + 1).to_json()
+        entry["positions"] = _code(container, kernel_gaps, 1 << gap_bits).to_json()
+        entry["indices"] = _code(container, kernel_symbols, k + 1).to_json()
     else:
         others = symbols != background
         gaps = sparse_positions.encode_gaps(others, gap_bits)

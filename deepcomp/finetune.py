@@ -152,9 +152,7 @@ def prune_targets(arrays: Mapping[str, np.ndarray], policy: Policy) -> dict:
         rule = policy.rule_for(name, a.shape)
         if not rule.prunes or not np.issubdtype(a.dtype, np.floating) or a.size == 0:
             continue
-        if rule.granularity == "kernel":
-            if policy.global_prune is not None:
-                raise DeepCompError(f"{name}: global pruning prunes single weights; kernel granularity needs a per-tensor prune")
+        if rule.granularity == "kernel":  # never with global pruning (Policy refuses it)
             kernels.append(name)
         if policy.global_prune is not None:
             tensors[name] = None

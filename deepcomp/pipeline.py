@@ -137,14 +137,14 @@ def position_bits(kept: np.ndarray) -> int:
     kept = np.asarray(kept, dtype=bool)
     if not kept.any():
         return 0
-    bits = min(sparse_positions.encode_gaps(kept, g).size * g for g in range(1, 17))
+    candidates = [kept]
     ks = pruning.kernel_size(kept.shape)
     if ks > 1:
         kernels = kept.reshape(-1, ks)
         whole = kernels.all(axis=1)
         if np.array_equal(whole, kernels.any(axis=1)):
-            bits = min(bits, min(sparse_positions.encode_gaps(whole, g).size * g for g in range(1, 17)))
-    return bits
+            candidates.append(whole)
+    return min(sparse_positions.encode_gaps(m, g).size * g for m in candidates for g in range(1, 17))
 
 
 def stage_bytes(arrays: Mapping[str, np.ndarray], policy: Policy, shared: bool) -> int:

@@ -107,6 +107,10 @@ class Policy:
     rules: tuple[Rule, ...] = DEFAULT_RULES
     global_prune: float | None = None  # one threshold over every tensor whose rule prunes
 
+    def __post_init__(self) -> None:
+        if self.global_prune is not None and any(r.prunes and r.granularity != "element" for r in self.rules):
+            raise DeepCompError("global pruning prunes single weights; kernel granularity needs a per-tensor prune")
+
     def rule_for(self, name: str, shape: Iterable[int]) -> Rule:
         shape = tuple(int(s) for s in shape)
         for rule in self.rules:

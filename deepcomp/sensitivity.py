@@ -245,8 +245,7 @@ def analyze(
     else:
         if sorted(table.ratios) != ratios or sorted(table.bits) != bits or table.mode != mode or set(table.layers) != set(names):
             raise DeepCompError("the saved sensitivity table was measured on another grid or other layers; use a new output folder")
-        params_shape = {n: tuple(params[n].shape) for n in names}
-        if any(table.layers[n]["rule"].get("granularity", "element") != policy.rule_for(n, params_shape[n]).granularity for n in names):
+        if any(table.layers[n]["rule"].get("granularity", "element") != policy.rule_for(n, tuple(params[n].shape)).granularity for n in names):
             raise DeepCompError("the saved sensitivity table pruned at another granularity (single weights or kernels); use a new output folder")
     axes = zoo.output_channel_axes(model)
     todo = []

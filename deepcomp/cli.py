@@ -31,6 +31,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return v
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import TrainConfig, train
 
@@ -187,8 +197,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     cfg = PipelineConfig(
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, policy=policy.to_json(),
         target_ratio=args.target_ratio, target_loss=args.target_loss,
-        retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, prune_rounds=args.prune_rounds, schedule=args.schedule,
-        centroid_steps=args.centroid_steps, train_raw=not args.freeze_raw,
+        retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, distill=args.distill, prune_rounds=args.prune_rounds,
+        schedule=args.schedule, centroid_steps=args.centroid_steps, train_raw=not args.freeze_raw,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, centroid_lr=args.centroid_lr,
         val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch,
         sens_ratios=tuple(args.sens_ratios), sens_bits=tuple(args.sens_bits), sens_mode=args.sens_mode, seed=args.seed,
@@ -355,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--retrain-steps", type=int, default=2000, help="masked retraining steps in all (0: none)")
     pl.add_argument("--anneal-steps", type=int, default=0,
                     help="the retraining's last steps, after the last pruning round, at --centroid-lr (the weights settle before sharing)")
+    pl.add_argument("--distill", type=_non_negative_float, default=0.0,
+                    help="weight of a layer-wise distillation loss from the baseline in both fine-tunings (0: none; see deepcomp/distillation.py)")
     pl.add_argument("--prune-rounds", type=_positive_int, default=4, help="prune/retrain rounds up to the target sparsity")
     pl.add_argument("--schedule", choices=("agp", "linear"), default="agp", help="sparsity schedule of the rounds (agp: cubic)")
     pl.add_argument("--centroid-steps", type=int, default=1000, help="trained-quantization steps (0: none)")

@@ -115,12 +115,12 @@ def _encode_raw(container: Container, name: str, a: np.ndarray, storage: str) ->
     }
 
 
-def _layout_cost(symbols: np.ndarray, alphabet: int, background: int) -> tuple[int, int]:
-    """(bits, gap width) of the ``gaps`` layout with ``background``."""
+def _layout_cost(symbols: np.ndarray, alphabet: int, background: int) -> tuple[int, int, np.ndarray]:
+    """(bits, gap width, gap stream) of the ``gaps`` layout with ``background``."""
     others = symbols != background
     gap_bits = sparse_positions.choose_gap_bits(others)
     gaps = sparse_positions.encode_gaps(others, gap_bits)
-    return _stream_cost(gaps, 1 << gap_bits) + _stream_cost(symbols[others], alphabet), gap_bits
+    return _stream_cost(gaps, 1 << gap_bits) + _stream_cost(symbols[others], alphabet), gap_bits, gaps
 
 
 def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, mask: np.ndarray | None, channel_axis: int, seed: int) -> dict:
@@ -152,7 +152,7 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
     symbols = np.full(flat.size, k, dtype=np.int64)  # symbol k: zero
     symbols[positions] = indices
     freq = np.bincount(symbols, minlength=k + 1)
-    best = (_stream_cost(symbols, k + 1), None, None)  # dense
+    best = (_stream_cost(symbols, k + 1), None, None, None)  # (bits, background, gap width, gap stream); dense
     # background candidates: zero, and the most frequent cluster when it dominates
     candidates = {k} if freq[k] else set()
     mode = int(np.argmax(freq[:k])) if k else k
@@ -161,9 +161,9 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
     for background in sorted(candidates):
         if freq[background] * 4 < flat.size:  # too few to gain from gap coding
             continue
-        cost, gap_bits = _layout_cost(symbols, k + 1, background)
+        cost, gap_bits, gaps = _layout_cost(symbols, k + 1, background)
         if cost < best[0]:
-            best = (cost, background, gap_bits)
+            best = (cost, background, gap_bits, gaps)
     ks = pruning.kernel_size(a.shape)
     if ks > 1 and freq[k]:
         kept_kernels = (symbols.reshape(-1, ks) != k).any(axis=1)
@@ -173,18 +173,17 @@ def _encode_shared(container: Container, name: str, a: np.ndarray, rule: Rule, m
             kernel_symbols = symbols.reshape(-1, ks)[kept_kernels].ravel()
             cost = _stream_cost(kernel_gaps, 1 << kernel_bits) + _stream_cost(kernel_symbols, k + 1)
             if cost < best[0]:
-                best = (cost, "kernels", kernel_bits)
-    _, background, gap_bits = best
+                best = (cost, "kernels", kernel_bits, kernel_gaps)
+    _, background, gap_bits, gaps = best
     if background is None:
         entry["layout"] = "dense"
         entry["indices"] = _code(container, symbols, k + 1).to_json()
     elif background == "kernels":
         entry.update(layout="kernels", kernel=ks, gap_bits=int(gap_bits))
-        entry["positions"] = _code(container, kernel_gaps, 1 << gap_bits).to_json()
+        entry["positions"] = _code(container, gaps, 1 << gap_bits).to_json()
         entry["indices"] = _code(container, kernel_symbols, k + 1).to_json()
     else:
         others = symbols != background
-        gaps = sparse_positions.encode_gaps(others, gap_bits)
         entry.update(layout="gaps", background=int(background), gap_bits=int(gap_bits))
         entry["positions"] = _code(container, gaps, 1 << gap_bits).to_json()
         entry["indices"] = _code(container, symbols[others], k + 1).to_json()

@@ -254,6 +254,7 @@ def gradual_prune_retrain(
     log: Callable[[str], None] = print,
     anneal_steps: int = 0,
     anneal_lr: float | None = None,
+    distiller=None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Iterative magnitude pruning up to the policy's sparsity, with masked retraining.
 
@@ -266,7 +267,8 @@ def gradual_prune_retrain(
     final masks (name -> bool tensor, True = kept) and the training state,
     which holds the schedule (``state["prune"]``) and masks
     (``state["masks"]``): pass it back as ``state`` to resume.
-    ``on_checkpoint`` receives ``{"state_dict", "train_state"}``.
+    ``on_checkpoint`` receives ``{"state_dict", "train_state"}``; ``distiller``
+    (:class:`~deepcomp.distillation.LayerDistiller`) adds its loss to every step.
     """
     data = _as_data(data, cfg)
     state = {} if state is None else state
@@ -304,12 +306,12 @@ def gradual_prune_retrain(
                 log(f"pruning round {r}/{rounds} ({schedule}) at step {state.get('step', 0)}: sparsity {1 - kept / size:.4f} of {size:,} prunable weights")
         if state.get("step", 0) < end:
             train_steps(model, data.sampler, replace(cfg, steps=end), state, data.val_crops, masks=_float_masks(masks, model),
-                        on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log)
+                        on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log, distiller=distiller)
     if anneal_steps and state.get("step", 0) < cfg.steps:
         if state.get("step", 0) == total:
             log(f"anneal at step {total}: {anneal_steps} steps at lr {anneal_lr:g} with the final masks")
         train_steps(model, data.sampler, cfg, state, data.val_crops, masks=_float_masks(masks, model), on_checkpoint=save,
-                    checkpoint_every=checkpoint_every, progress=progress, log=log, set_lr=anneal_lr)
+                    checkpoint_every=checkpoint_every, progress=progress, log=log, set_lr=anneal_lr, distiller=distiller)
     return masks, state
 
 
@@ -479,6 +481,7 @@ def train_centroids(
     checkpoint_every: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    distiller=None,
 ) -> dict:
     """Trained quantization: fine-tune the codebooks with the cluster indices fixed.
 
@@ -488,7 +491,7 @@ def train_centroids(
     ``centroids[index]`` in the model.  ``on_checkpoint`` receives
     ``{"state_dict", "indices", "train_state"}``; resume with that
     ``train_state`` as ``state`` and those ``indices`` after loading the
-    state_dict.
+    state_dict.  ``distiller`` adds its layer-matching loss to every step.
     """
     data = _as_data(data, cfg)
     state = {} if state is None else state
@@ -511,7 +514,8 @@ def train_centroids(
                            "train_state": st})
 
     try:
-        train_steps(model, data.sampler, cfg, state, data.val_crops, on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log)
+        train_steps(model, data.sampler, cfg, state, data.val_crops, on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log,
+                    distiller=distiller)
     finally:
         detach_shared(model, shared)
         for p in frozen:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -47,6 +48,7 @@ import torch
 
 from . import codec, container, evaluation, pruning, sparse_positions, zoo
 from .checkpoints import atomic_write_bytes, checkpoint_config, read_state_dict, sha256_file, write_checkpoint
+from .distillation import LayerDistiller
 from .errors import DeepCompError
 from .finetune import (
     SCHEDULES, TrainData, apply_pruning, gradual_prune_retrain, storage_policy, train_centroids, write_exact,
@@ -82,6 +84,7 @@ class PipelineConfig:
     target_loss: float | None = None  # RD loss increase -> sensitivity + allocator
     retrain_steps: int = 2000
     anneal_steps: int = 0  # the retraining's last steps, after the last pruning round, at centroid_lr
+    distill: float = 0.0  # weight of the layer-wise distillation from the baseline in both fine-tunings (0: none)
     prune_rounds: int = 4
     schedule: str = "agp"
     centroid_steps: int = 1000
@@ -112,6 +115,8 @@ class PipelineConfig:
             raise DeepCompError(f"unknown sensitivity mode {self.sens_mode!r}; choose one of {', '.join(MODES)}")
         if self.prune_rounds < 1 or self.retrain_steps < 0 or self.centroid_steps < 0 or self.anneal_steps < 0:
             raise DeepCompError("prune rounds must be >= 1 and step counts >= 0")
+        if not self.distill >= 0:
+            raise DeepCompError(f"the distillation weight must be >= 0, got {self.distill}")
         if self.anneal_steps and self.anneal_steps >= self.retrain_steps:
             raise DeepCompError(f"the anneal steps ({self.anneal_steps}) must be fewer than the retraining steps ({self.retrain_steps})")
 
@@ -272,6 +277,19 @@ class Pipeline:
         zoo.assign_weights(model, state, "pipeline")
         return model.to(self.device)
 
+    @contextmanager
+    def _distiller(self, student: torch.nn.Module):
+        """The layer-wise distiller from the baseline for ``student`` (None when ``distill`` is 0)."""
+        if not self.cfg.distill:
+            yield None
+            return
+        d = LayerDistiller(student, self._model(self.base_state), self.cfg.distill)
+        self.log(f"distilling {len(d.layers)} layers from the baseline, weight {self.cfg.distill:g}")
+        try:
+            yield d
+        finally:
+            d.close()
+
     def _save_model(self, path: Path, state: Mapping[str, torch.Tensor], **extra) -> None:
         cfg = {"arch": self.cfg.arch, "quality": self.cfg.quality, "lmbda": self.cfg.lmbda}
         if self.cfg.widths:
@@ -355,9 +373,10 @@ class Pipeline:
         tc = c.train_config(c.retrain_steps, c.lr)
         data = self.data
         data.sampler.rng = np.random.default_rng([c.seed, 1, (state or {}).get("step", 0)])
-        gradual_prune_retrain(model, policy, tc, data, c.prune_rounds, c.schedule, state=state, on_checkpoint=save,
-                              checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log,
-                              anneal_steps=c.anneal_steps, anneal_lr=c.centroid_lr)
+        with self._distiller(model) as distiller:
+            gradual_prune_retrain(model, policy, tc, data, c.prune_rounds, c.schedule, state=state, on_checkpoint=save,
+                                  checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log,
+                                  anneal_steps=c.anneal_steps, anneal_lr=c.centroid_lr, distiller=distiller)
         ck = read_training_checkpoint(path)
         self._save_model(path, model.state_dict(), train_state=ck.get("train_state"), done=True)
         self._finish("retrain", file="retrain.pth.tar")
@@ -397,8 +416,9 @@ class Pipeline:
 
         data = self.data
         data.sampler.rng = np.random.default_rng([c.seed, 2, (state or {}).get("step", 0)])
-        train_centroids(model, policy, c.train_config(c.centroid_steps, c.centroid_lr), data, state=state, indices=indices, train_raw=c.train_raw,
-                        on_checkpoint=save, checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log)
+        with self._distiller(model) as distiller:
+            train_centroids(model, policy, c.train_config(c.centroid_steps, c.centroid_lr), data, state=state, indices=indices, train_raw=c.train_raw,
+                            on_checkpoint=save, checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log, distiller=distiller)
         ck = read_training_checkpoint(path)
         self._save_model(path, model.state_dict(), indices=ck.get("indices"), train_state=ck.get("train_state"), done=True)
         self._finish("centroids", file="centroids.pth.tar")

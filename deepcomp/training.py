@@ -179,6 +179,7 @@ def train_steps(
     log: Callable[[str], None] = print,
     time_limit: float | None = None,
     set_lr: float | None = None,
+    distiller=None,
 ) -> dict:
     """Run training from ``state["step"]`` up to ``cfg.steps``.
 
@@ -187,6 +188,8 @@ def train_steps(
     ``time_limit`` (seconds) ends the run early, after a validation and a
     checkpoint, at the first step past it; a later call continues from there.
     ``set_lr`` replaces the learning rate a resumed state carries and restarts the plateau count.
+    ``distiller`` (a :class:`~deepcomp.distillation.LayerDistiller`) adds its layer-matching
+    loss to the RD loss that is minimised (the logged and validated losses stay RD losses).
     """
     from tqdm import tqdm
 
@@ -232,7 +235,7 @@ def train_steps(
             aux_opt.zero_grad(set_to_none=True)
         out = model(x)
         r = rd_loss(out, x, lmbda)
-        r["loss"].backward()
+        (r["loss"] + distiller.loss(x) if distiller is not None else r["loss"]).backward()
         if cfg.clip_max_norm > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_max_norm)
         opt.step()

@@ -176,3 +176,16 @@ def test_command_line(random_checkpoint, train_photos, tmp_path, capsys):
         assert getattr(args, name) == getattr(defaults, name), name
     assert tuple(args.sens_ratios) == defaults.sens_ratios and tuple(args.sens_bits) == defaults.sens_bits
     assert args.freeze_raw is not defaults.train_raw
+
+
+def test_distillation_runs_in_both_fine_tunings(random_checkpoint, train_photos, tmp_path, capsys):
+    out = tmp_path / "run"
+    log = Log()
+    run_pipeline(random_checkpoint, out, tiny(distill=1.0), train_photos, None, stop_after="huffman", progress=False, log=log)
+    assert log.text().count("distilling 14 layers from the baseline, weight 1") == 2  # retraining and centroid fine-tuning
+    assert json.loads((out / "pipeline.json").read_text())["config"]["distill"] == 1.0
+    with pytest.raises(DeepCompError, match="distillation weight"):
+        run_pipeline(random_checkpoint, tmp_path / "r2", tiny(distill=-1.0), train_photos, None, progress=False, log=Log())
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["pipeline", str(random_checkpoint), "-o", str(tmp_path / "r3"), "--distill", "-1", "--quiet"])
+    assert exc.value.code == 2 and "--distill" in capsys.readouterr().err

@@ -371,7 +371,9 @@ def markdown(rows, per_setting, choice, args, command, kept: list[str], controls
               "every conv weight by the fraction f, then shares it at b bits; `alloc<R>-bits<b>` prunes each layer by the ratio "
               "that the allocator picks from that quality's own sensitivity (validation split of the training photos) for a "
               "file R times smaller than fp32 (see *Allocated pruning ratios*). The tensors a setting leaves unshared (biases, "
-              f"GDN betas, the entropy bottleneck) are stored in {args.raw_storage}.", ""]
+              f"GDN betas, the entropy bottleneck) are stored in {args.raw_storage}."
+              + (f" Both fine-tunings add a layer-wise distillation loss from the baseline, weight {args.distill:g} "
+                 "(`deepcomp/distillation.py`); the controls train without it." if args.distill else ""), ""]
     head = ["Setting", "Stage", "Ratio (min)", "Ratio (family)", "Ratio vs file (min)", "BD-rate PSNR", "BD-rate MS-SSIM", "BD-PSNR",
             "mean ΔPSNR", "Val loss Δ"] + (["BD-rate PSNR vs control", "BD-PSNR vs control"] if vs_ctrl else [])
     lines += ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -537,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-steps", type=int, default=600)
     p.add_argument("--anneal-steps", type=int, default=0,
                    help="the retraining's last steps, after the last pruning round, at --centroid-lr (a matched control anneals as long)")
+    p.add_argument("--distill", type=float, default=0.0,
+                   help="weight of the layer-wise distillation from the baseline in the pipeline's fine-tunings (0: none; controls train without)")
     p.add_argument("--prune-rounds", type=int, default=3)
     p.add_argument("--centroid-steps", type=int, default=300)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -586,7 +590,7 @@ def run(args, argv) -> dict:
             out = args.work / setting / f"q{q}"
             (out / "results").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base_dir / f"q{q}" / "baseline.json", out / "results" / "baseline.json")
-            cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps,
+            cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, distill=args.distill,
                                  prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
                                  batch_size=args.batch_size, patch_size=args.patch_size, val_every=args.val_every,
                                  val_fraction=args.val_fraction, val_patch=args.val_patch)

@@ -37,6 +37,10 @@
 #   anneal       quality 3 at the shipped setting with the retraining's last 200 steps at lr 1e-5 after the last pruning
 #                round (--anneal-steps 200; rounds over the first 800), against a control annealed as long (800 steps at
 #                1e-4, 400 at 1e-5) (artifacts/anneal/; ~45 min on one core)
+#   distill      quality 3 at the shipped setting with layer-wise distillation from the baseline in both fine-tunings
+#                (--distill W for each W in DISTILL_WEIGHTS, default "10 100"), against the headline's control
+#                (artifacts/distillation/weight<W>/; ~70 min a weight on one core: the teacher's forward adds a third to
+#                a step; the headline's control, baseline evaluation and sensitivity are reused when present)
 #   parts        the encoder, decoder and probability model pruned alone and together at 0.3/0.5/0.7, with and
 #                without retraining, and a retrained unpruned control (artifacts/parts/; ~1 h)
 #   structured   channel pruning of quality 3 to 25 % and 50 % fewer MACs, allocated from the RD sensitivity and
@@ -68,7 +72,7 @@ for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prun
   SETTINGS+=(--setting "$s")
 done
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining granularity anneal parts structured comparison)
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining granularity anneal distill parts structured comparison)
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
@@ -106,6 +110,16 @@ for step in "${steps[@]}"; do
       "$PY" tools/headline.py $B-q3.pth.tar --setting $SHIPPED --retrain-steps 1000 --anneal-steps 200 --prune-rounds 4 --centroid-steps 200 \
         --lr 1e-4 --centroid-lr 1e-5 --control-schedule matched --raw-storage fp16 -o artifacts/anneal --work $W/anneal200 \
         --control --threads "$THREADS" --quiet ;;
+    distill)
+      for w in ${DISTILL_WEIGHTS:-10 100}; do
+        mkdir -p $W/distill$w/$SHIPPED/q3
+        # the control, the baselines' evaluation and the sensitivity do not depend on the distillation
+        for d in $W/headline/control-* $W/headline/baselines; do [ -d "$d" ] && cp -rn "$d" $W/distill$w/; done
+        [ -f $W/headline/$SHIPPED/q3/sensitivity.json ] && cp -n $W/headline/$SHIPPED/q3/sensitivity.json $W/distill$w/$SHIPPED/q3/
+        args=("${HEADLINE[@]/artifacts\/headline/artifacts/distillation/weight$w}")
+        "$PY" tools/headline.py $B-q3.pth.tar --setting $SHIPPED --distill $w "${args[@]/$W\/headline/$W/distill$w}" \
+          --control --threads "$THREADS" --quiet
+      done ;;
     parts)
       "$PY" tools/part_pruning.py $B-q3.pth.tar -o artifacts/parts --work $W/parts --retrain-steps 200 \
         --batch-size 8 --patch-size 128 --threads "$THREADS" --quiet ;;
@@ -117,6 +131,6 @@ for step in "${steps[@]}"; do
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work $W/comparison --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
-    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining granularity anneal parts structured comparison)" >&2; exit 2 ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining granularity anneal distill parts structured comparison)" >&2; exit 2 ;;
   esac
 done

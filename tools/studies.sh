@@ -9,10 +9,10 @@
 #   allocated    deepcomp pipeline on quality 3 with that allocated 20x policy, retrained like the headline
 #                (artifacts/sensitivity/allocated-20x-q3-stages.md; ~20 min on 2 cores), and allocated for 23.5x with
 #                4, 5 or 6 bits per layer (alloc23.5-bits456-q3-stages.md / -policy.json; ~35 min on one core)
-#   headline     deepcomp pipeline on qualities 1-4 at eight settings: one pruning ratio for every conv weight (prune
+#   headline     deepcomp pipeline on qualities 1-4 at nine settings: one pruning ratio for every conv weight (prune
 #                0.8 / 0.7 with 4-bit sharing, 0.85 / 0.6 / 0.5 with 5 bits) and per-layer ratios that the allocator picks
-#                from each quality's own sensitivity for a 23.5x, a 21x and a 15x file, with 5-bit sharing
-#                (alloc23.5-bits5, alloc21-bits5, alloc15-bits5); each pruned in four AGP rounds over 1,000 steps of
+#                from each quality's own sensitivity for a 23.5x, a 21x, a 15x and a 13x file, with 5-bit sharing
+#                (alloc23.5-bits5, alloc21-bits5, alloc15-bits5, alloc13-bits5); each pruned in four AGP rounds over 1,000 steps of
 #                masked retraining, then 200 centroid steps, the tensors left unshared (biases, GDN betas, the entropy
 #                bottleneck) stored in fp16 (free: tools/raw_fp16.py); the family's BD-rate per stage, and every quality's control:
 #                the baseline trained on, unpruned, for the same 1,200 steps, the last 200 at the centroid fine-tuning's
@@ -49,7 +49,7 @@
 #                qualities 1-4, and LZMA latents against the range coder (artifacts/comparison/; ~40 min; NNC
 #                needs `pip install nncodec`)
 #
-# HEADLINE_SETTINGS (default: the eight above) runs the headline on some settings only; its report then has only those.
+# HEADLINE_SETTINGS (default: the nine above) runs the headline on some settings only; its report then has only those.
 # THREADS (default 2) sets the torch threads; the committed runs used THREADS=1 with two studies side by side.
 # Each step is resumable: the large intermediate files stay in runs/studies-<hash of the baselines>/ and a rerun skips
 # what is finished.
@@ -68,7 +68,7 @@ HEADLINE=(--retrain-steps 1000 --prune-rounds 4 --centroid-steps 200 --lr 1e-4 -
           --control-schedule matched --raw-storage fp16 -o artifacts/headline --work $W/headline)
 SHIPPED=alloc21-bits5  # the setting whose files headline.py ships at >= 20x (models/): the controls and the comparison read them
 SETTINGS=()
-for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prune0.6-bits5 prune0.5-bits5 alloc23.5-bits5 alloc21-bits5 alloc15-bits5}; do
+for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prune0.6-bits5 prune0.5-bits5 alloc23.5-bits5 alloc21-bits5 alloc15-bits5 alloc13-bits5}; do
   SETTINGS+=(--setting "$s")
 done
 steps=("$@")

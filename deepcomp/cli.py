@@ -11,34 +11,33 @@ from .errors import DeepCompError
 DEFAULT_TRAIN_DATA = Path("../shared/data/train")
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, cast: type, zero_ok: bool):
+    """``text`` as an int or float that is positive (or, with ``zero_ok``, >= 0), else an argparse error."""
     try:
-        v = int(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v <= 0:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if cast is int else 'a number'}: {text!r}") from None
+    if zero_ok and not v >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    if not zero_ok and not v > 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _number(text, int, zero_ok=False)
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be positive: {text}")
-    return v
+    return _number(text, float, zero_ok=False)
+
+
+def _non_negative_int(text: str) -> int:
+    return _number(text, int, zero_ok=True)
 
 
 def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
-    return v
+    return _number(text, float, zero_ok=True)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -239,16 +238,6 @@ def _open_fraction(text: str) -> float:
     v = _fraction(text)
     if v == 0.0:
         raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1): {text}")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
     return v
 
 

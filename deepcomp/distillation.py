@@ -52,7 +52,7 @@ class LayerDistiller:
         if not weight > 0:
             raise DeepCompError(f"the distillation weight must be > 0, got {weight}")
         self.weight = float(weight)
-        self.student, self.teacher = student, teacher.eval()
+        self.teacher = teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.layers = matched_layers(student)
@@ -100,4 +100,3 @@ def relative_error(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor
     """‖student − teacher‖² / ‖teacher‖² (the teacher's side carries no gradient)."""
     teacher = teacher.detach()
     return (student - teacher).pow(2).sum() / teacher.pow(2).sum().clamp_min(1e-12)
-

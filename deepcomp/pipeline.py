@@ -132,6 +132,21 @@ class PipelineConfig:
                            val_fraction=self.val_fraction, seed=self.seed)
 
 
+#: Settings that only the later stages read, with the first stage they change: a rerun in the same folder with
+#: other values of these does those stages again instead of refusing (e.g. more centroid steps on the same retraining).
+LATER_SETTINGS = {"centroid_steps": "centroids", "centroid_lr": "centroids", "train_raw": "centroids"}
+
+
+def _first_stage_changed(diff: list[str], old: dict, new: dict) -> str | None:
+    """The earliest stage that the changed settings ``diff`` affect, or None if one of them affects the whole run."""
+    if any(k not in LATER_SETTINGS for k in diff):
+        return None
+    stages = {LATER_SETTINGS[k] for k in diff}
+    if "centroid_lr" in diff and (old.get("anneal_steps") or new.get("anneal_steps")):
+        stages.add("retrain")  # the anneal phase of the retraining runs at the centroid learning rate
+    return min(stages, key=STAGES.index)
+
+
 # ---------------------------------------------------------------- sizes (Han's stages)
 def position_bits(kept: np.ndarray) -> int:
     """Bits of the relative indices of the kept positions, at the best fixed width (no Huffman).
@@ -251,12 +266,31 @@ class Pipeline:
             diff = [k for k in config if json.dumps(old.get(k)) != json.dumps(config[k])]
             if diff:
                 changes = ", ".join(f"{k}: {old.get(k)!r} -> {config[k]!r}" for k in diff)
-                raise DeepCompError(f"{self.out} holds a pipeline run with other settings ({changes}); use a new output folder or the same settings")
+                first = _first_stage_changed(diff, old, config)
+                if first is None:
+                    raise DeepCompError(f"{self.out} holds a pipeline run with other settings ({changes}); use a new output folder or the same settings")
+                self._redo_from(rec, first)
+                rec["config"] = config
+                _write_json(self.state_path, rec)
+                self.log(f"settings of the later stages changed ({changes}): the stages from {first} on are done again")
             self.log(f"resuming the pipeline in {self.out}: done {', '.join(s for s in STAGES if rec['stages'].get(s, {}).get('done')) or 'nothing yet'}")
             return rec
         rec = {"format": FORMAT, "checkpoint": ck, "config": config, "stages": {}}
         _write_json(self.state_path, rec)
         return rec
+
+    def _redo_from(self, rec: dict, first: str) -> None:
+        """Forget the stages from ``first`` on: their records, files (a training checkpoint would resume) and val rows."""
+        later = STAGES[STAGES.index(first):]
+        for stage in later:
+            rec["stages"].pop(stage, None)
+        files = {key: [name] for key, _, name, _ in ROWS if name} | {"evaluate": ["stages.md", "stages.csv", "stages.json"]}
+        for stage in later:  # the files go before the record is written: a rerun after a crash here redoes them again
+            for name in files.get(stage, []):
+                (self.out / name).unlink(missing_ok=True)
+        val = rec.get("val", {})
+        for stage in later:
+            val.pop(stage, None)
 
     def _done(self, stage: str) -> bool:
         return bool(self.record["stages"].get(stage, {}).get("done"))

@@ -78,6 +78,20 @@ def test_pipeline_runs_every_stage_and_resumes(random_checkpoint, train_photos, 
     # other settings in the same folder: refused
     with pytest.raises(DeepCompError, match="other settings"):
         run_pipeline(random_checkpoint, out, tiny(retrain_steps=5), train_photos, kodak_two, progress=False, log=Log())
+    # more centroid steps: the stages from the centroid fine-tuning on are done again, the retraining is kept
+    retrained_bytes = (out / "retrain.pth.tar").read_bytes()
+    log3 = Log()
+    rec = run_pipeline(random_checkpoint, out, tiny(centroid_steps=3), train_photos, kodak_two, eval_limit=1, progress=False, log=log3)
+    assert "the stages from centroids on are done again" in log3.text()
+    assert "[retrain]" not in log3.text() and "[share]" not in log3.text() and "[centroids] trained quantization, 3 steps" in log3.text()
+    assert (out / "retrain.pth.tar").read_bytes() == retrained_bytes
+    assert torch.load(out / "centroids.pth.tar", weights_only=True)["train_state"]["step"] == 3
+    assert rec["config"]["centroid_steps"] == 3 and all(rec["stages"][s]["done"] for s in STAGES if s != "sensitivity")
+    final = load(out / "final.dcmp")
+    tuned = torch.load(out / "centroids.pth.tar", weights_only=True)["state_dict"]
+    assert all(torch.equal(final[k], tuned[k]) for k in final)
+    rows = {r["stage"]: r for r in json.loads((out / "stages.json").read_text())["rows"]}
+    assert rows["huffman"]["bytes"] == (out / "final.dcmp").stat().st_size
 
 
 def test_interrupted_retraining_resumes_from_its_checkpoint(random_checkpoint, train_photos, tmp_path):
@@ -189,3 +203,16 @@ def test_distillation_runs_in_both_fine_tunings(random_checkpoint, train_photos,
     with pytest.raises(SystemExit) as exc:
         cli.main(["pipeline", str(random_checkpoint), "-o", str(tmp_path / "r3"), "--distill", "-1", "--quiet"])
     assert exc.value.code == 2 and "--distill" in capsys.readouterr().err
+
+
+def test_only_settings_of_later_stages_reuse_the_earlier_ones():
+    from deepcomp.pipeline import _first_stage_changed
+
+    old = tiny().to_json()
+    assert _first_stage_changed(["centroid_steps"], old, tiny(centroid_steps=9).to_json()) == "centroids"
+    assert _first_stage_changed(["centroid_lr", "train_raw"], old, tiny(centroid_lr=1e-4, train_raw=False).to_json()) == "centroids"
+    # with an anneal phase the retraining runs at the centroid learning rate too
+    annealed = tiny(anneal_steps=2).to_json()
+    assert _first_stage_changed(["centroid_lr"], annealed, {**annealed, "centroid_lr": 1e-4}) == "retrain"
+    assert _first_stage_changed(["centroid_steps", "retrain_steps"], old, tiny(centroid_steps=9, retrain_steps=9).to_json()) is None
+    assert _first_stage_changed(["seed"], old, tiny(seed=1).to_json()) is None

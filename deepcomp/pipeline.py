@@ -281,16 +281,12 @@ class Pipeline:
 
     def _redo_from(self, rec: dict, first: str) -> None:
         """Forget the stages from ``first`` on: their records, files (a training checkpoint would resume) and val rows."""
-        later = STAGES[STAGES.index(first):]
-        for stage in later:
-            rec["stages"].pop(stage, None)
         files = {key: [name] for key, _, name, _ in ROWS if name} | {"evaluate": ["stages.md", "stages.csv", "stages.json"]}
-        for stage in later:  # the files go before the record is written: a rerun after a crash here redoes them again
-            for name in files.get(stage, []):
+        for stage in STAGES[STAGES.index(first):]:
+            rec["stages"].pop(stage, None)
+            rec.get("val", {}).pop(stage, None)
+            for name in files.get(stage, []):  # gone before the record is written: a rerun after a crash redoes them
                 (self.out / name).unlink(missing_ok=True)
-        val = rec.get("val", {})
-        for stage in later:
-            val.pop(stage, None)
 
     def _done(self, stage: str) -> bool:
         return bool(self.record["stages"].get(stage, {}).get("done"))

@@ -197,7 +197,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, policy=policy.to_json(),
         target_ratio=args.target_ratio, target_loss=args.target_loss,
         retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, distill=args.distill, prune_rounds=args.prune_rounds,
-        schedule=args.schedule, centroid_steps=args.centroid_steps, train_raw=not args.freeze_raw,
+        schedule=args.schedule, centroid_steps=args.centroid_steps, centroid_mode=args.centroid_mode, train_raw=not args.freeze_raw,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr, centroid_lr=args.centroid_lr,
         val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch,
         sens_ratios=tuple(args.sens_ratios), sens_bits=tuple(args.sens_bits), sens_mode=args.sens_mode, seed=args.seed,
@@ -208,6 +208,31 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     run_pipeline(args.checkpoint, args.out, cfg, args.data, None if args.no_eval else args.eval_data, eval_limit=args.eval_limit,
                  stop_after=args.stop_after, progress=not args.quiet, checkpoint_every=args.checkpoint_every)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .file_finetune import FinetuneConfig, finetune_file
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cfg = FinetuneConfig(mode=args.mode, steps=args.steps, lr=args.lr, lmbda=args.lmbda, batch_size=args.batch_size, patch_size=args.patch_size,
+                         val_every=args.val_every, val_fraction=args.val_fraction, val_patch=args.val_patch, train_raw=not args.freeze_raw,
+                         seed=args.seed)
+    if args.summary is not None:
+        from .checkpoints import check_output_path
+
+        check_output_path(args.summary)
+    summary = finetune_file(args.model, args.out, args.data, cfg, progress=not args.quiet)
+    if args.summary is not None:
+        import json
+
+        from .checkpoints import atomic_write_bytes
+        from .evaluation import _clean
+
+        atomic_write_bytes(args.summary, (json.dumps(_clean(summary), indent=1) + "\n").encode())
     return 0
 
 
@@ -359,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--prune-rounds", type=_positive_int, default=4, help="prune/retrain rounds up to the target sparsity")
     pl.add_argument("--schedule", choices=("agp", "linear"), default="agp", help="sparsity schedule of the rounds (agp: cubic)")
     pl.add_argument("--centroid-steps", type=int, default=1000, help="trained-quantization steps (0: none)")
+    pl.add_argument("--centroid-mode", choices=("fixed", "nearest"), default="fixed",
+                    help="fixed: Han's trained quantization, codebooks only; nearest: quantization-aware from the retrained weights, "
+                         "a weight may change cluster")
     pl.add_argument("--freeze-raw", action="store_true", help="train only the centroids (and quantiles) in trained quantization")
     pl.add_argument("--lr", type=float, default=1e-5, help="learning rate of masked retraining")
     pl.add_argument("--centroid-lr", type=float, default=1e-5, help="learning rate of the centroids and raw parameters")
@@ -380,6 +408,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--threads", type=_positive_int, default=None)
     pl.add_argument("--quiet", action="store_true")
     pl.set_defaults(func=cmd_pipeline)
+
+    # the defaults below are those of deepcomp.file_finetune.FinetuneConfig (not imported here: torch loads slowly)
+    ft = sub.add_parser("finetune", help="fine-tune the shared weights of a deepcomp file (masks and bit widths kept) into a new file")
+    ft.add_argument("model", type=Path, help="a deepcomp file of a CompressAI model")
+    ft.add_argument("-o", "--out", type=Path, required=True, help="the fine-tuned deepcomp file (a rerun resumes from OUT.partial.pth.tar)")
+    ft.add_argument("--mode", choices=("nearest", "fixed"), default="nearest",
+                    help="nearest: quantization-aware, a weight may change cluster; fixed: Han's trained quantization, codebooks only")
+    ft.add_argument("--steps", type=_positive_int, default=600)
+    ft.add_argument("--lr", type=_positive_float, default=3e-5, help="learning rate (latent weights or centroids, and raw parameters)")
+    ft.add_argument("--lmbda", type=_positive_float, default=None, help="RD lambda (default: CompressAI's for the file's quality)")
+    ft.add_argument("--freeze-raw", action="store_true", help="train only the shared tensors (and the quantiles)")
+    ft.add_argument("--batch-size", type=_positive_int, default=8)
+    ft.add_argument("--patch-size", type=_positive_int, default=128)
+    ft.add_argument("--val-every", type=_positive_int, default=150, help="validation (and checkpoint) interval in steps")
+    ft.add_argument("--val-fraction", type=_fraction, default=0.1, help="share of the training photos held out for validation")
+    ft.add_argument("--val-patch", type=_positive_int, default=256, help="size of the validation crops")
+    ft.add_argument("--data", type=Path, default=DEFAULT_TRAIN_DATA, help="training photos (never Kodak)")
+    ft.add_argument("--summary", type=Path, default=None, help="write the run's summary (val losses, history) as JSON")
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--threads", type=_positive_int, default=None)
+    ft.add_argument("--quiet", action="store_true")
+    ft.set_defaults(func=cmd_finetune)
 
     # the defaults below are those of deepcomp.structured.channel_prune (not imported here: torch loads slowly)
     cpr = sub.add_parser("channel-prune", help="structured pruning: remove whole channels (physically thinner model), fine-tune")

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Mapping
@@ -417,8 +418,7 @@ def _attach(model: nn.Module, policy: Policy, indices: Mapping[str, torch.Tensor
                 raise DeepCompError(f"{name} is not codebook[index] for the given indices")
         mod_name, attr = _split(name)
         module = model.get_submodule(mod_name) if mod_name else model
-        if not hasattr(module, "_deepcomp_order"):
-            module._deepcomp_order = list(module._parameters)  # detach_shared restores the order
+        remember_parameter_order(module)
         parametrize.register_parametrization(module, attr, param.to(p.device))
         public = torch.where(index == k, torch.full_like(index, -1), index)
         shared[name] = SharedTensor(name, k, public.cpu().to(_index_dtype(k)))
@@ -432,14 +432,25 @@ def detach_shared(model: nn.Module, shared: Mapping[str, SharedTensor]) -> None:
         if s.index is not None:
             if parametrize.is_parametrized(module, attr):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
-            order = getattr(module, "_deepcomp_order", None)
-            if order is not None and not parametrize.is_parametrized(module):
-                items = dict(module._parameters)
-                module._parameters.clear()
-                module._parameters.update({k: items[k] for k in order if k in items})
-                module._parameters.update({k: v for k, v in items.items() if k not in order})
-                del module._deepcomp_order
+            restore_parameter_order(module)
         getattr(module, attr).requires_grad_(True)
+
+
+def remember_parameter_order(module: nn.Module) -> None:
+    """Note the order of ``module``'s parameters before a parametrization changes it (once)."""
+    if not hasattr(module, "_deepcomp_order"):
+        module._deepcomp_order = list(module._parameters)
+
+
+def restore_parameter_order(module: nn.Module) -> None:
+    """Put the parameters back in their remembered order once no parametrization is left on ``module``."""
+    order = getattr(module, "_deepcomp_order", None)
+    if order is not None and not parametrize.is_parametrized(module):
+        items = dict(module._parameters)
+        module._parameters.clear()
+        module._parameters.update({k: items[k] for k in order if k in items})
+        module._parameters.update({k: v for k, v in items.items() if k not in order})
+        del module._deepcomp_order
 
 
 def centroids(model: nn.Module, name: str) -> torch.Tensor:
@@ -496,32 +507,41 @@ def train_centroids(
     data = _as_data(data, cfg)
     state = {} if state is None else state
     keys = list(model.state_dict().keys())
+    with raw_frozen(model, policy, not train_raw):
+        shared = attach_shared(model, policy, indices)
+        n_train = sum(s.k for s in shared.values() if s.index is not None)
+        log(f"trained quantization: {sum(s.index is not None for s in shared.values())} codebooks ({n_train} centroids) trained, "
+            f"{sum(s.index is None for s in shared.values())} uniform tensors frozen, raw parameters {'trained' if train_raw else 'frozen'}")
+
+        def save(st: dict) -> None:
+            if on_checkpoint is not None:
+                on_checkpoint({"state_dict": plain_state_dict(model, keys), "indices": {n: s.index for n, s in shared.items() if s.index is not None},
+                               "train_state": st})
+
+        try:
+            train_steps(model, data.sampler, cfg, state, data.val_crops, on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress,
+                        log=log, distiller=distiller)
+        finally:
+            detach_shared(model, shared)
+    round_raw_storage(model, policy)
+    return state
+
+
+@contextmanager
+def raw_frozen(model: nn.Module, policy: Policy, freeze: bool = True):
+    """Within the block, the parameters the policy stores raw (except the ``quantiles``) take no gradient, if ``freeze``."""
     frozen = []
-    if not train_raw:
+    if freeze:
         for name, p in _params(model).items():
             rule = policy.rule_for(name, tuple(p.shape))
             if rule.bits is None and not name.endswith(".quantiles") and p.requires_grad:
                 p.requires_grad_(False)
                 frozen.append(p)
-    shared = attach_shared(model, policy, indices)
-    n_train = sum(s.k for s in shared.values() if s.index is not None)
-    log(f"trained quantization: {sum(s.index is not None for s in shared.values())} codebooks ({n_train} centroids) trained, "
-        f"{sum(s.index is None for s in shared.values())} uniform tensors frozen, raw parameters {'trained' if train_raw else 'frozen'}")
-
-    def save(st: dict) -> None:
-        if on_checkpoint is not None:
-            on_checkpoint({"state_dict": plain_state_dict(model, keys), "indices": {n: s.index for n, s in shared.items() if s.index is not None},
-                           "train_state": st})
-
     try:
-        train_steps(model, data.sampler, cfg, state, data.val_crops, on_checkpoint=save, checkpoint_every=checkpoint_every, progress=progress, log=log,
-                    distiller=distiller)
+        yield
     finally:
-        detach_shared(model, shared)
         for p in frozen:
             p.requires_grad_(True)
-    round_raw_storage(model, policy)
-    return state
 
 
 # ---------------------------------------------------------------- writing the file

@@ -54,10 +54,12 @@ from .finetune import (
     SCHEDULES, TrainData, apply_pruning, gradual_prune_retrain, storage_policy, train_centroids, write_exact,
 )
 from .policy import Policy
+from .quantization_aware import shared_codebooks, train_nearest
 from .sensitivity import DEFAULT_BITS, DEFAULT_RATIOS, MODES, SensitivityTable, allocate, analyze, plot_sensitivity
 from .training import TrainConfig, evaluate_rd, read_training_checkpoint
 
 FORMAT = "deepcomp-pipeline/1"
+CENTROID_MODES = ("fixed", "nearest")
 STAGES = ("sensitivity", "policy", "prune", "retrain", "share", "centroids", "huffman", "evaluate")
 
 #: The rows of the stage table: (key, label, file, how the size is counted).
@@ -88,6 +90,7 @@ class PipelineConfig:
     prune_rounds: int = 4
     schedule: str = "agp"
     centroid_steps: int = 1000
+    centroid_mode: str = "fixed"  # fixed: Han's trained quantization (codebooks only); nearest: quantization-aware, clusters may change
     train_raw: bool = True
     batch_size: int = 8
     patch_size: int = 256
@@ -111,6 +114,8 @@ class PipelineConfig:
             raise DeepCompError("the target loss increase must be >= 0")
         if self.schedule not in SCHEDULES:
             raise DeepCompError(f"unknown pruning schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.centroid_mode not in CENTROID_MODES:
+            raise DeepCompError(f"unknown centroid fine-tuning mode {self.centroid_mode!r}; choose one of {', '.join(CENTROID_MODES)}")
         if self.sens_mode not in MODES:
             raise DeepCompError(f"unknown sensitivity mode {self.sens_mode!r}; choose one of {', '.join(MODES)}")
         if self.prune_rounds < 1 or self.retrain_steps < 0 or self.centroid_steps < 0 or self.anneal_steps < 0:
@@ -134,7 +139,7 @@ class PipelineConfig:
 
 #: Settings that only the later stages read, with the first stage they change: a rerun in the same folder with
 #: other values of these does those stages again instead of refusing (e.g. more centroid steps on the same retraining).
-LATER_SETTINGS = {"centroid_steps": "centroids", "centroid_lr": "centroids", "train_raw": "centroids"}
+LATER_SETTINGS = {"centroid_steps": "centroids", "centroid_lr": "centroids", "train_raw": "centroids", "centroid_mode": "centroids"}
 
 
 def _first_stage_changed(diff: list[str], old: dict, new: dict) -> str | None:
@@ -422,7 +427,7 @@ class Pipeline:
         self._finish("share", file="share.dcmp", file_bytes=size)
 
     def stage_centroids(self) -> None:
-        from .model_file import load
+        from .model_file import load, load_arrays
 
         c = self.cfg
         path = self.out / "centroids.pth.tar"
@@ -432,26 +437,38 @@ class Pipeline:
             self._save_model(path, load(self.out / "share.dcmp"), done=True)
             self._finish("centroids", file="centroids.pth.tar", skipped="no fine-tuning steps")
             return
-        state, indices = None, None
+        nearest = c.centroid_mode == "nearest"
+        state, extra = None, {}
         if path.exists():
             ck = read_training_checkpoint(path)
-            model, state, indices = self._model(ck["state_dict"]), dict(ck.get("train_state") or {}), ck.get("indices")
+            model, state = self._model(ck["state_dict"]), dict(ck.get("train_state") or {})
+            extra = {k: ck[k] for k in ("indices", "codebooks") if k in ck}
             self.log(f"[centroids] resuming at step {state.get('step', 0)} of {c.centroid_steps}")
+        elif nearest:  # latent weights: the retrained ones; codebooks: the share stage's
+            model = self._model(read_training_checkpoint(self.out / "retrain.pth.tar")["state_dict"])
+            extra = {"codebooks": shared_codebooks(load_arrays(self.out / "share.dcmp"), policy)}
+            self.log(f"[centroids] quantization-aware fine-tuning (clusters may change), {c.centroid_steps} steps, lr {c.centroid_lr:g}, device {self.device}")
         else:
             model = self._model(load(self.out / "share.dcmp"))
             self.log(f"[centroids] trained quantization, {c.centroid_steps} steps, lr {c.centroid_lr:g}, device {self.device}")
 
         def save(payload: dict) -> None:
-            self._save_model(path, payload["state_dict"], indices=payload["indices"], train_state=payload["train_state"], done=False)
+            self._save_model(path, payload["state_dict"], **{k: payload[k] for k in ("indices", "codebooks") if k in payload},
+                             train_state=payload["train_state"], done=False)
 
         data = self.data
         data.sampler.rng = np.random.default_rng([c.seed, 2, (state or {}).get("step", 0)])
+        tc = c.train_config(c.centroid_steps, c.centroid_lr)
         with self._distiller(model) as distiller:
-            train_centroids(model, policy, c.train_config(c.centroid_steps, c.centroid_lr), data, state=state, indices=indices, train_raw=c.train_raw,
-                            on_checkpoint=save, checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log, distiller=distiller)
+            if nearest:
+                state = train_nearest(model, policy, tc, data, extra["codebooks"], state=state, train_raw=c.train_raw, on_checkpoint=save,
+                                      checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log, distiller=distiller)
+            else:
+                train_centroids(model, policy, tc, data, state=state, indices=extra.get("indices"), train_raw=c.train_raw,
+                                on_checkpoint=save, checkpoint_every=self.checkpoint_every, progress=self.progress, log=self.log, distiller=distiller)
         ck = read_training_checkpoint(path)
-        self._save_model(path, model.state_dict(), indices=ck.get("indices"), train_state=ck.get("train_state"), done=True)
-        self._finish("centroids", file="centroids.pth.tar")
+        self._save_model(path, model.state_dict(), **({} if nearest else {"indices": ck.get("indices")}), train_state=ck.get("train_state"), done=True)
+        self._finish("centroids", file="centroids.pth.tar", **({"changed": state.get("changed")} if nearest else {}))
 
     def stage_huffman(self) -> None:
         state = read_training_checkpoint(self.out / "centroids.pth.tar")["state_dict"]

@@ -1,7 +1,8 @@
 """Everything deepcomp knows about CompressAI, in one place.
 
 Building an architecture by name and quality, which buffers ``update()``
-rebuilds (and so are never stored), the rate-distortion lambdas of the zoo,
+rebuilds or the constructor sets (and so are never stored), the
+rate-distortion lambdas of the zoo,
 and turning a plain state_dict into a model ready for ``compress()``.
 
 Channel pruning (``deepcomp.channel_pruning``) needs three more things from
@@ -26,6 +27,15 @@ from .errors import DeepCompError
 #: Buffers that ``CompressionModel.update(force=True)`` recomputes from the
 #: parameters (EntropyBottleneck and GaussianConditional).  They are not stored.
 DERIVED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
+
+#: Constant buffers that the architecture's constructor sets and training never
+#: changes: the lower bounds of ``LowerBound`` (the likelihood bound 1e-9, GDN's
+#: beta and gamma bounds, the scale bound), GDN's ``pedestal`` (2**-36), the
+#: entropy bottleneck's ``target`` and the masks of masked convolutions.  They
+#: are not stored either: a file that stored them raw in fp16 would turn the
+#: likelihood bound and the pedestal into 0 (a likelihood of 0 then makes the
+#: training loss infinite), so the built model's own values are always used.
+CONSTANT_BUFFERS = ("bound", "pedestal", "target", "scale_bound", "mask")
 
 #: CompressAI's lambda per quality for the MSE models (quality 1..8).
 MSE_LAMBDAS = {1: 0.0018, 2: 0.0035, 3: 0.0067, 4: 0.0130, 5: 0.0250, 6: 0.0483, 7: 0.0932, 8: 0.1800}
@@ -98,12 +108,13 @@ def _build(arch: str, quality: int, init_weights: bool) -> nn.Module:
 
 
 def is_derived(name: str) -> bool:
-    """True for a buffer that ``update(force=True)`` rebuilds."""
-    return name.rsplit(".", 1)[-1] in DERIVED_BUFFERS
+    """True for a buffer that the model rebuilds itself: ``update(force=True)``
+    (:data:`DERIVED_BUFFERS`) or its constructor (:data:`CONSTANT_BUFFERS`)."""
+    return name.rsplit(".", 1)[-1] in DERIVED_BUFFERS + CONSTANT_BUFFERS
 
 
 def strip_derived(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """The state_dict without the buffers ``update()`` rebuilds."""
+    """The state_dict without the buffers the model rebuilds (:func:`is_derived`)."""
     return OrderedDict((k, v) for k, v in state_dict.items() if not is_derived(k))
 
 

@@ -245,17 +245,9 @@ def test_centroid_finetuning_keeps_the_codebook_structure_and_the_file_is_exact(
     after = zoo.strip_derived(net.state_dict())
     assert [n for n, _ in net.named_parameters()] == [n for n, _ in model().named_parameters()]  # parametrizations removed
     moved = 0
-    for name, t in after.items():
-        a, b = shared_state[name].numpy(), t.numpy()
-        rule = POLICY.rule_for(name, a.shape)
-        if rule.bits is not None and rule.quantizer == "kmeans":
-            assert np.unique(b[b != 0]).size <= 1 << rule.bits
-            assert np.array_equal(a == 0, b == 0)  # pruned zeros stay, no new zeros
-            ia, ib = codebook_indices(a)[1], codebook_indices(b)[1]
-            assert np.array_equal(ia, ib) or same_partition(ia, ib)  # the cluster of each weight is fixed
-            moved += not np.array_equal(a, b)
-        elif rule.quantizer == "uniform" and rule.bits is not None:
-            assert np.array_equal(a, b)  # uniform-shared: frozen
+    for a, b, ia, ib in kmeans_tensors_checked(shared_state, after):
+        assert np.array_equal(ia, ib) or same_partition(ia, ib)  # the cluster of each weight is fixed
+        moved += not np.array_equal(a, b)
     assert moved >= 8  # the centroids were trained
     assert not torch.equal(after["g_a.2.bias"], shared_state["g_a.2.bias"])  # raw parameters trained
     assert not torch.equal(after["entropy_bottleneck.quantiles"], shared_state["entropy_bottleneck.quantiles"])  # aux loss
@@ -305,6 +297,20 @@ def test_storage_policy_drops_pruning_only():
 
 
 # ---------------------------------------------------------------- helpers
+def kmeans_tensors_checked(before, after, policy=POLICY):
+    """``(before, after, their cluster indices)`` of each k-means-shared tensor of a fine-tuning, once the structure
+    every fine-tuning keeps is checked: at most 2**bits values, the same zeros, uniform-shared tensors unchanged."""
+    for name, t in after.items():
+        a, b = before[name].numpy(), t.numpy()
+        rule = policy.rule_for(name, a.shape)
+        if rule.bits is not None and rule.quantizer == "kmeans":
+            assert np.unique(b[b != 0]).size <= 1 << rule.bits
+            assert np.array_equal(a == 0, b == 0)  # pruned zeros stay, no new zeros
+            yield a, b, codebook_indices(a)[1], codebook_indices(b)[1]
+        elif rule.quantizer == "uniform" and rule.bits is not None:
+            assert np.array_equal(a, b)  # uniform-shared: frozen
+
+
 def load_container(c):
     arrays = codec.decode_arrays(container.from_bytes(container.to_bytes(c)))
     return OrderedDict((k, torch.from_numpy(np.ascontiguousarray(v))) for k, v in arrays.items())

@@ -36,6 +36,27 @@ def test_load_gives_pruned_shared_weights_without_derived_buffers(compressed, ra
     assert torch.equal(sd["g_a.0.bias"], original["g_a.0.bias"])
 
 
+def test_constant_buffers_come_from_the_architecture_not_the_file(random_checkpoint, tmp_path):
+    # fp16 raw storage would turn the likelihood bound (1e-9) and GDN's pedestal (2**-36) into 0,
+    # and a likelihood of 0 makes the training loss infinite: constants are never stored
+    out = tmp_path / "m.dcmp"
+    model_file.compress_checkpoint(random_checkpoint, out, Policy().with_weight_rule(prune=0.5, bits=5).with_raw_storage("fp16"),
+                                   "bmshj2018-factorized", 3)
+    stored = model_file.load_arrays(out)
+    assert not any(k.endswith((".bound", ".pedestal", ".target")) for k in stored)
+    assert "g_a.1.beta" in stored and "entropy_bottleneck.quantiles" in stored
+    model = model_file.load_model(out)
+    assert model.entropy_bottleneck.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+    assert model.g_a[1].beta_reparam.pedestal.item() == pytest.approx(2.0 ** -36)
+    # a file or checkpoint that did store them (zeroed) still gets the architecture's values
+    sd = torch.load(random_checkpoint, weights_only=True)["state_dict"]
+    sd["entropy_bottleneck.likelihood_lower_bound.bound"] = torch.zeros(1)
+    sd["g_a.1.beta_reparam.pedestal"] = torch.zeros(1)
+    net = zoo.assign_weights(zoo.build("bmshj2018-factorized", 3), sd)
+    assert net.entropy_bottleneck.likelihood_lower_bound.bound.item() == pytest.approx(1e-9)
+    assert net.g_a[1].beta_reparam.pedestal.item() == pytest.approx(2.0 ** -36)
+
+
 def test_rebuilt_model_codes_a_real_kodak_image(compressed, kodak_two):
     model = model_file.load_model(compressed)
     assert not model.training

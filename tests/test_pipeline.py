@@ -92,6 +92,16 @@ def test_pipeline_runs_every_stage_and_resumes(random_checkpoint, train_photos, 
     assert all(torch.equal(final[k], tuned[k]) for k in final)
     rows = {r["stage"]: r for r in json.loads((out / "stages.json").read_text())["rows"]}
     assert rows["huffman"]["bytes"] == (out / "final.dcmp").stat().st_size
+    # quantization-aware centroid stage: from the retrained weights, clusters may change; masks and bit widths kept
+    log4 = Log()
+    rec = run_pipeline(random_checkpoint, out, tiny(centroid_steps=3, centroid_mode="nearest"), train_photos, None, stop_after="huffman",
+                       progress=False, log=log4)
+    assert "[centroids] quantization-aware fine-tuning (clusters may change), 3 steps" in log4.text() and "[retrain]" not in log4.text()
+    assert (out / "retrain.pth.tar").read_bytes() == retrained_bytes
+    assert 0 <= rec["stages"]["centroids"]["changed"] <= 1
+    final = load(out / "final.dcmp")
+    for name, m in masks.items():
+        assert torch.equal(final[name] != 0, m) and np.unique(final[name].numpy()[m.numpy()]).size <= 16
 
 
 def test_interrupted_retraining_resumes_from_its_checkpoint(random_checkpoint, train_photos, tmp_path):
@@ -185,7 +195,7 @@ def test_command_line(random_checkpoint, train_photos, tmp_path, capsys):
     assert tuple(sub.choices) == STAGES
     args = cli.build_parser().parse_args(["pipeline", "x", "-o", "y"])
     defaults = PipelineConfig()
-    for name in ("retrain_steps", "prune_rounds", "schedule", "centroid_steps", "batch_size", "patch_size", "lr", "centroid_lr",
+    for name in ("retrain_steps", "prune_rounds", "schedule", "centroid_steps", "centroid_mode", "batch_size", "patch_size", "lr", "centroid_lr",
                  "val_every", "val_fraction", "val_patch", "sens_mode", "seed"):
         assert getattr(args, name) == getattr(defaults, name), name
     assert tuple(args.sens_ratios) == defaults.sens_ratios and tuple(args.sens_bits) == defaults.sens_bits
@@ -211,6 +221,7 @@ def test_only_settings_of_later_stages_reuse_the_earlier_ones():
     old = tiny().to_json()
     assert _first_stage_changed(["centroid_steps"], old, tiny(centroid_steps=9).to_json()) == "centroids"
     assert _first_stage_changed(["centroid_lr", "train_raw"], old, tiny(centroid_lr=1e-4, train_raw=False).to_json()) == "centroids"
+    assert _first_stage_changed(["centroid_mode"], old, tiny(centroid_mode="nearest").to_json()) == "centroids"
     # with an anneal phase the retraining runs at the centroid learning rate too
     annealed = tiny(anneal_steps=2).to_json()
     assert _first_stage_changed(["centroid_lr"], annealed, {**annealed, "centroid_lr": 1e-4}) == "retrain"

@@ -543,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight of the layer-wise distillation from the baseline in the pipeline's fine-tunings (0: none; controls train without)")
     p.add_argument("--prune-rounds", type=int, default=3)
     p.add_argument("--centroid-steps", type=int, default=300)
+    p.add_argument("--centroid-mode", choices=("fixed", "nearest"), default="fixed",
+                   help="fixed: Han's trained quantization (codebooks only); nearest: quantization-aware, a weight may change cluster")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--centroid-lr", type=float, default=1e-5)
     p.add_argument("--batch-size", type=int, default=8)
@@ -591,7 +593,8 @@ def run(args, argv) -> dict:
             (out / "results").mkdir(parents=True, exist_ok=True)
             shutil.copyfile(base_dir / f"q{q}" / "baseline.json", out / "results" / "baseline.json")
             cfg = PipelineConfig(**fields, retrain_steps=args.retrain_steps, anneal_steps=args.anneal_steps, distill=args.distill,
-                                 prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, lr=args.lr, centroid_lr=args.centroid_lr,
+                                 prune_rounds=args.prune_rounds, centroid_steps=args.centroid_steps, centroid_mode=args.centroid_mode,
+                                 lr=args.lr, centroid_lr=args.centroid_lr,
                                  batch_size=args.batch_size, patch_size=args.patch_size, val_every=args.val_every,
                                  val_fraction=args.val_fraction, val_patch=args.val_patch)
             log(f"[{setting}] quality {q}: pipeline in {out}")

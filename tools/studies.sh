@@ -30,6 +30,11 @@
 #                LONG_QUALITIES (default 3; "1 2 3 4" gives the family BD-rate), settings LONG_SETTINGS (default the
 #                shipped one; the controls are shared) (artifacts/retraining/<setting>-3000steps/;
 #                ~55 min a quality and setting for the pipeline and ~45 min a quality for its control, on one core)
+#   qat          the longer retraining's final files of qualities LONG_QUALITIES (the pipelines of step retraining, run
+#                here without the controls if missing), each fine-tuned quantization-aware with `deepcomp finetune --mode
+#                nearest` (a weight may change cluster; 600 steps at lr 3e-5), against the baselines on Kodak
+#                and against the controls of step retraining, or else of the headline, when trained (artifacts/quantization-aware/;
+#                ~30 min a quality on one core after its pipeline)
 #   granularity  quality 3 at the shipped setting pruned by whole kernels instead of single weights
 #                (alloc21-bits5-kernel: the kept kernels' positions cost one gap each), against the same setting pruned
 #                weight by weight and the control, the headline's retraining (artifacts/granularity/; ~45 min on one core
@@ -72,7 +77,7 @@ for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prun
   SETTINGS+=(--setting "$s")
 done
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining granularity anneal distill parts structured comparison)
+[ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining qat granularity anneal distill parts structured comparison)
 for step in "${steps[@]}"; do
   case "$step" in
     sensitivity)
@@ -99,10 +104,33 @@ for step in "${steps[@]}"; do
     retraining)
       long=(); for q in ${LONG_QUALITIES:-3}; do long+=($B-q$q.pth.tar); done
       for s in ${LONG_SETTINGS:-$SHIPPED}; do
+        for q in ${LONG_QUALITIES:-3}; do  # the sensitivity does not depend on the retraining: the headline's is reused
+          mkdir -p $W/long3000/$s/q$q
+          [ -f $W/headline/$s/q$q/sensitivity.json ] && cp -n $W/headline/$s/q$q/sensitivity.json $W/long3000/$s/q$q/
+        done
         "$PY" tools/headline.py "${long[@]}" --setting "$s" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
           --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
           --raw-storage fp16 -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
       done ;;
+    qat)
+      # the longer retraining's final files (step retraining, pipelines only; its controls are not needed here), each
+      # fine-tuned quantization-aware (a weight may change cluster) for 600 steps at lr 3e-5, against the baselines
+      long=(); fam=(); for q in ${LONG_QUALITIES:-3}; do
+        mkdir -p $W/long3000/$SHIPPED/q$q
+        [ -f $W/headline/$SHIPPED/q$q/sensitivity.json ] && cp -n $W/headline/$SHIPPED/q$q/sensitivity.json $W/long3000/$SHIPPED/q$q/
+        long+=($B-q$q.pth.tar); fam+=(--baseline $B-q$q.pth.tar --file $W/long3000/$SHIPPED/q$q/final.dcmp)
+      done
+      "$PY" tools/headline.py "${long[@]}" --setting $SHIPPED --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
+        --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control-schedule matched \
+        --raw-storage fp16 -o $W/long3000/report --work $W/long3000 --threads "$THREADS" --quiet
+      # against controls too: step retraining's (3,300 unpruned steps) when every quality's is trained, else the headline's (1,200)
+      ctl=()
+      for cdir in $W/long3000/control-3300steps-lr0.0001-then1e-05from3000 $W/headline/control-1200steps-lr0.0001-then1e-05from1000; do
+        ok=1; for q in ${LONG_QUALITIES:-3}; do grep -qs '"done": true' $cdir/q$q/record.json || ok=0; done
+        if [ $ok = 1 ]; then ctl=(--controls $cdir); break; fi
+      done
+      "$PY" tools/finetune_family.py "${fam[@]}" "${ctl[@]}" --mode nearest --steps 600 --lr 3e-5 --val-every 150 --work $W/qat600 \
+        -o artifacts/quantization-aware/$SHIPPED-3000steps-nearest600 --keep --threads "$THREADS" --quiet ;;
     granularity)
       "$PY" tools/headline.py $B-q3.pth.tar --setting $SHIPPED --setting $SHIPPED-kernel "${HEADLINE[@]/artifacts\/headline/artifacts/granularity}" \
         --control --threads "$THREADS" --quiet ;;
@@ -131,6 +159,6 @@ for step in "${steps[@]}"; do
       for q in 1 2 3 4; do models+=(--model "deepcomp-retrained=artifacts/headline/models/bmshj2018-factorized-q$q-$SHIPPED.dcmp"); done
       "$PY" tools/compare_storage.py "${FAMILY[@]}" --data ../shared/data/kodak -o artifacts/comparison \
         --work $W/comparison --deepcomp share8 share5 "${models[@]}" --threads "$THREADS" --quiet ;;
-    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining granularity anneal distill parts structured comparison)" >&2; exit 2 ;;
+    *) echo "tools/studies.sh: unknown step '$step' (sensitivity allocated headline controls retraining qat granularity anneal distill parts structured comparison)" >&2; exit 2 ;;
   esac
 done

@@ -32,6 +32,12 @@ def test_parse_setting(tool):
             tool.parse_setting(bad)
 
 
+def test_control_qualities_add_up_across_repeated_options(tool):
+    parse = lambda *a: tool.build_parser().parse_args(["ckpt", *a]).control  # noqa: E731
+    assert parse() is None and parse("--control") == []  # none; every quality
+    assert parse("--control", "3", "--control", "1") == [3, 1] and parse("--control", "2", "4") == [2, 4]
+
+
 def test_setting_config(tool):
     from deepcomp.pipeline import PipelineConfig
     from deepcomp.policy import Policy

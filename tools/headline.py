@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=Path("../shared/data/train"))
     p.add_argument("--eval-data", type=Path, default=Path("../shared/data/kodak"))
     p.add_argument("--eval-limit", type=int, default=None, help="only the first N evaluation images (quick checks)")
-    p.add_argument("--control", type=int, nargs="*", default=None, metavar="Q",
+    p.add_argument("--control", type=int, nargs="*", action="extend", default=None, metavar="Q",
                    help="also train the baselines (all, or only qualities Q) on unpruned for the same steps, as a control")
     p.add_argument("--control-schedule", choices=("flat", "matched"), default="matched",
                    help="the controls' learning rate: --centroid-lr for the last --centroid-steps, as the pipeline ends "

@@ -27,10 +27,8 @@ from .errors import DeepCompError
 from .finetune import TrainData, storage_policy, train_centroids, write_exact
 from .model_file import load_arrays
 from .policy import Policy
-from .quantization_aware import shared_codebooks, train_nearest
+from .quantization_aware import CENTROID_MODES, shared_codebooks, train_nearest
 from .training import TrainConfig, evaluate_rd, read_training_checkpoint
-
-MODES = ("nearest", "fixed")
 
 
 @dataclass
@@ -49,8 +47,8 @@ class FinetuneConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.mode not in MODES:
-            raise DeepCompError(f"unknown fine-tuning mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if self.mode not in CENTROID_MODES:
+            raise DeepCompError(f"unknown fine-tuning mode {self.mode!r}; choose one of {', '.join(CENTROID_MODES)}")
         if self.steps < 1:
             raise DeepCompError("the number of fine-tuning steps must be at least 1")
 
@@ -84,8 +82,8 @@ def finetune_file(src: str | Path, out: str | Path, data: str | Path, cfg: Finet
                      lr=cfg.lr, aux_lr=cfg.aux_lr, val_every=cfg.val_every, val_fraction=cfg.val_fraction, seed=cfg.seed)
     train_data = TrainData.from_folder(data, cfg.patch_size, cfg.val_fraction, cfg.val_patch, cfg.seed)
     partial = out.with_name(out.name + ".partial.pth.tar")
-    state_dict = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
-    train_state, extra = None, {}
+    source = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    state_dict, train_state, extra = source, None, {}
     if partial.exists():
         ck = read_training_checkpoint(partial)
         if ck.get("settings") != settings:
@@ -94,12 +92,11 @@ def finetune_file(src: str | Path, out: str | Path, data: str | Path, cfg: Finet
         extra = {k: ck[k] for k in ("codebooks", "indices") if k in ck}
         log(f"resuming the fine-tuning at step {train_state.get('step', 0)} of {cfg.steps} from {partial}")
     model = model_of(state_dict)
-    before = evaluate_rd(model_of({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}), train_data.val_crops, lmbda)
+    before = evaluate_rd(model_of(source), train_data.val_crops, lmbda)
     log(f"{src}: val RD loss {before['loss']:.4f} ({before['bpp']:.4f} bpp, {before['psnr']:.2f} dB); "
         f"{cfg.mode} fine-tuning, {cfg.steps} steps, lr {cfg.lr:g}, lambda {lmbda:g}, device {device}")
 
     def save(payload: dict) -> None:
-        payload = {k: v for k, v in payload.items()}
         write_checkpoint(partial, {**payload, "settings": settings})
 
     train_data.sampler.rng = np.random.default_rng([cfg.seed, 3, (train_state or {}).get("step", 0)])

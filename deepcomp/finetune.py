@@ -367,8 +367,10 @@ def _index_dtype(k: int) -> torch.dtype:
     return torch.int16 if k < (1 << 15) else torch.int32
 
 
-def _split(name: str) -> tuple[str, str]:
-    return tuple(name.rsplit(".", 1)) if "." in name else ("", name)  # type: ignore[return-value]
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module that holds the tensor ``name`` of ``model``'s state_dict, and the tensor's attribute name."""
+    mod_name, _, attr = name.rpartition(".")
+    return (model.get_submodule(mod_name) if mod_name else model), attr
 
 
 def attach_shared(model: nn.Module, policy: Policy, indices: Mapping[str, torch.Tensor] | None = None) -> dict[str, SharedTensor]:
@@ -416,8 +418,7 @@ def _attach(model: nn.Module, policy: Policy, indices: Mapping[str, torch.Tensor
         with torch.no_grad():
             if index.numel() and (int(index.min()) < 0 or not torch.equal(param(param.right_inverse(torch.from_numpy(w))), torch.from_numpy(w))):
                 raise DeepCompError(f"{name} is not codebook[index] for the given indices")
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name) if mod_name else model
+        module, attr = _owner(model, name)
         remember_parameter_order(module)
         parametrize.register_parametrization(module, attr, param.to(p.device))
         public = torch.where(index == k, torch.full_like(index, -1), index)
@@ -427,8 +428,7 @@ def _attach(model: nn.Module, policy: Policy, indices: Mapping[str, torch.Tensor
 def detach_shared(model: nn.Module, shared: Mapping[str, SharedTensor]) -> None:
     """Back to plain parameters holding ``centroids[index]`` (frozen ones unfrozen)."""
     for name, s in shared.items():
-        mod_name, attr = _split(name)
-        module = model.get_submodule(mod_name) if mod_name else model
+        module, attr = _owner(model, name)
         if s.index is not None:
             if parametrize.is_parametrized(module, attr):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
@@ -455,8 +455,7 @@ def restore_parameter_order(module: nn.Module) -> None:
 
 def centroids(model: nn.Module, name: str) -> torch.Tensor:
     """The trainable codebook of a parametrized tensor."""
-    mod_name, attr = _split(name)
-    module = model.get_submodule(mod_name) if mod_name else model
+    module, attr = _owner(model, name)
     return module.parametrizations[attr].original
 
 
@@ -465,8 +464,7 @@ def plain_state_dict(model: nn.Module, keys: list[str]) -> "OrderedDict[str, tor
     out = OrderedDict()
     with torch.no_grad():
         for k in keys:
-            mod_name, attr = _split(k)
-            module = model.get_submodule(mod_name) if mod_name else model
+            module, attr = _owner(model, k)
             out[k] = getattr(module, attr).detach().cpu().clone()
     return out
 

@@ -54,12 +54,11 @@ from .finetune import (
     SCHEDULES, TrainData, apply_pruning, gradual_prune_retrain, storage_policy, train_centroids, write_exact,
 )
 from .policy import Policy
-from .quantization_aware import shared_codebooks, train_nearest
+from .quantization_aware import CENTROID_MODES, shared_codebooks, train_nearest
 from .sensitivity import DEFAULT_BITS, DEFAULT_RATIOS, MODES, SensitivityTable, allocate, analyze, plot_sensitivity
 from .training import TrainConfig, evaluate_rd, read_training_checkpoint
 
 FORMAT = "deepcomp-pipeline/1"
-CENTROID_MODES = ("fixed", "nearest")
 STAGES = ("sensitivity", "policy", "prune", "retrain", "share", "centroids", "huffman", "evaluate")
 
 #: The rows of the stage table: (key, label, file, how the size is counted).

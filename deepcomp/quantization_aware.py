@@ -36,10 +36,14 @@ from torch.nn.utils import parametrize
 
 from .errors import DeepCompError
 from .finetune import (
-    TrainData, _as_data, _params, _split, codebook_indices, raw_frozen, remember_parameter_order, restore_parameter_order, round_raw_storage,
+    TrainData, _as_data, _owner, _params, codebook_indices, raw_frozen, remember_parameter_order, restore_parameter_order, round_raw_storage,
 )
 from .policy import Policy
 from .training import TrainConfig, train_steps
+
+#: How shared weights can be fine-tuned: ``fixed`` (Han's trained quantization, every weight keeps its cluster,
+#: :func:`deepcomp.finetune.train_centroids`) or ``nearest`` (this module: a weight may change cluster).
+CENTROID_MODES = ("fixed", "nearest")
 
 
 class NearestCentroid(nn.Module):
@@ -86,11 +90,6 @@ class NearestCentroid(nn.Module):
         return int((self.assign(latent)[self.mask] != self.start[self.mask]).sum())
 
 
-def _module(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    mod_name, attr = _split(name)
-    return (model.get_submodule(mod_name) if mod_name else model), attr
-
-
 def shared_codebooks(arrays: Mapping[str, np.ndarray], policy: Policy) -> dict[str, np.ndarray]:
     """The codebook (sorted distinct non-zero values) of every k-means-shared tensor of decoded shared weights."""
     out = {}
@@ -131,7 +130,7 @@ def attach_nearest(model: nn.Module, policy: Policy, codebooks: Mapping[str, np.
             mask = p.detach() != 0
             param = NearestCentroid(book, mask)
             param.start = param.assign(p.detach())
-            module, attr = _module(model, name)
+            module, attr = _owner(model, name)
             remember_parameter_order(module)
             parametrize.register_parametrization(module, attr, param, unsafe=True)
             handles[name] = "nearest"
@@ -147,7 +146,7 @@ def detach_nearest(model: nn.Module, handles: Mapping[str, str]) -> None:
     model.eval()  # no Lloyd step while the values are read out
     try:
         for name, how in handles.items():
-            module, attr = _module(model, name)
+            module, attr = _owner(model, name)
             if how == "nearest" and parametrize.is_parametrized(module, attr):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
                 restore_parameter_order(module)
@@ -161,7 +160,7 @@ def latent_state_dict(model: nn.Module, keys: list[str]) -> "OrderedDict[str, to
     out = OrderedDict()
     with torch.no_grad():
         for k in keys:
-            module, attr = _module(model, k)
+            module, attr = _owner(model, k)
             if parametrize.is_parametrized(module, attr):
                 out[k] = module.parametrizations[attr].original.detach().cpu().clone()
             else:
@@ -173,7 +172,7 @@ def current_codebooks(model: nn.Module, handles: Mapping[str, str]) -> dict[str,
     out = {}
     for name, how in handles.items():
         if how == "nearest":
-            module, attr = _module(model, name)
+            module, attr = _owner(model, name)
             out[name] = module.parametrizations[attr][0].codebook.detach().cpu().clone()
     return out
 
@@ -183,7 +182,7 @@ def changed_fraction(model: nn.Module, handles: Mapping[str, str]) -> float:
     changed = kept = 0
     for name, how in handles.items():
         if how == "nearest":
-            module, attr = _module(model, name)
+            module, attr = _owner(model, name)
             p = module.parametrizations[attr]
             changed += p[0].changed(p.original)
             kept += int(p[0].mask.sum())

@@ -116,9 +116,9 @@ def control_rows(args, pairs, rows: list[dict]) -> list[dict]:
             raise DeepCompError(f"the control of quality {q} ({path}) is not finished")
         if rec.get("settings", {}).get("sha256") != _sha(b):
             raise DeepCompError(f"the control {path} was not trained from {b}")
-        if rec.get("images") != next(r for r in rows if r["quality"] == q).get("images"):
-            raise DeepCompError(f"the control {path} was evaluated on {rec.get('images')} images, not on these")
         base = next(r for r in rows if r["quality"] == q and r["family"] == "baseline")
+        if rec.get("images") != base.get("images"):
+            raise DeepCompError(f"the control {path} was evaluated on {rec.get('images')} images, not on these")
         out.append(base | {"family": "control", "model": str(path.parent), "bpp": rec["bpp"], "psnr": rec["psnr"],
                            "ssim": rec.get("ssim"), "ms_ssim": rec["ms_ssim"], "ms_ssim_db": ms_ssim_db(rec["ms_ssim"]),
                            "val_loss": rec.get("val_loss"), "steps": rec["settings"].get("steps")})

@@ -76,6 +76,13 @@ SETTINGS=()
 for s in ${HEADLINE_SETTINGS:-prune0.85-bits5 prune0.8-bits4 prune0.7-bits4 prune0.6-bits5 prune0.5-bits5 alloc23.5-bits5 alloc21-bits5 alloc15-bits5 alloc13-bits5}; do
   SETTINGS+=(--setting "$s")
 done
+# the sensitivity does not depend on the retraining: the longer retraining of setting $1 reuses the headline's
+long_sensitivity() {
+  for q in ${LONG_QUALITIES:-3}; do
+    mkdir -p $W/long3000/$1/q$q
+    [ -f $W/headline/$1/q$q/sensitivity.json ] && cp -n $W/headline/$1/q$q/sensitivity.json $W/long3000/$1/q$q/ || true
+  done
+}
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(sensitivity allocated headline controls retraining qat granularity anneal distill parts structured comparison)
 for step in "${steps[@]}"; do
@@ -104,10 +111,7 @@ for step in "${steps[@]}"; do
     retraining)
       long=(); for q in ${LONG_QUALITIES:-3}; do long+=($B-q$q.pth.tar); done
       for s in ${LONG_SETTINGS:-$SHIPPED}; do
-        for q in ${LONG_QUALITIES:-3}; do  # the sensitivity does not depend on the retraining: the headline's is reused
-          mkdir -p $W/long3000/$s/q$q
-          [ -f $W/headline/$s/q$q/sensitivity.json ] && cp -n $W/headline/$s/q$q/sensitivity.json $W/long3000/$s/q$q/
-        done
+        long_sensitivity "$s"
         "$PY" tools/headline.py "${long[@]}" --setting "$s" --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \
           --lr 1e-4 --centroid-lr 1e-5 --batch-size 8 --patch-size 128 --val-every 250 --control --control-schedule matched \
           --raw-storage fp16 -o artifacts/retraining/$s-3000steps --work $W/long3000 --threads "$THREADS" --quiet
@@ -115,9 +119,8 @@ for step in "${steps[@]}"; do
     qat)
       # the longer retraining's final files (step retraining, pipelines only; its controls are not needed here), each
       # fine-tuned quantization-aware (a weight may change cluster) for 600 steps at lr 3e-5, against the baselines
+      long_sensitivity $SHIPPED
       long=(); fam=(); for q in ${LONG_QUALITIES:-3}; do
-        mkdir -p $W/long3000/$SHIPPED/q$q
-        [ -f $W/headline/$SHIPPED/q$q/sensitivity.json ] && cp -n $W/headline/$SHIPPED/q$q/sensitivity.json $W/long3000/$SHIPPED/q$q/
         long+=($B-q$q.pth.tar); fam+=(--baseline $B-q$q.pth.tar --file $W/long3000/$SHIPPED/q$q/final.dcmp)
       done
       "$PY" tools/headline.py "${long[@]}" --setting $SHIPPED --retrain-steps 3000 --prune-rounds 4 --centroid-steps 300 \

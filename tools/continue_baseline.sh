@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Continue training the factorized quality-3 baseline across sessions, without touching the shipped family:
-# the run trains at lr 1e-4 in runs/q3long/ (resumable), and each call ends by annealing a copy of it
+# Continue training a factorized baseline (quality 3 unless QUALITY=Q) across sessions, without touching the shipped
+# family: the run trains at lr 1e-4 in runs/qQlong/ (resumable), and each call ends by annealing a copy of it
 # (ANNEAL steps at ANNEAL_LR), exporting that copy to artifacts/in-training/ and writing its model card there
 # (Kodak, real bitstreams, against CompressAI's published curve). The next session resumes the run in runs/q3long/
-# or, on a fresh clone, the committed copy in artifacts/in-training/ (none: the shipped quality 3). Once it is far
-# enough ahead, it replaces artifacts/bmshj2018-factorized-q3.pth.tar (copy it there; artifacts/in-training/ then goes)
-# and tools/train_family.sh fine-tunes the other qualities from it (docs/TRAINING.md).
+# or, on a fresh clone, the committed copy in artifacts/in-training/ (none: the shipped baseline). Once it is far
+# enough ahead, it replaces the shipped artifacts/bmshj2018-factorized-qQ.pth.tar (copy it there; its copy in
+# artifacts/in-training/ then goes); for quality 3, tools/train_family.sh then fine-tunes the other qualities from it
+# (docs/TRAINING.md).
 #
 #   bash tools/run.sh bash tools/continue_baseline.sh STEPS   # train up to STEPS (total, counting the baseline's own)
 #   MINUTES=120                                     # stop the 1e-4 phase after 120 minutes (then anneal and card as usual)
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
+#   QUALITY=5                                       # another quality of the family (default 3)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay); Kodak is only
 # evaluated, for the card.
@@ -19,13 +21,14 @@ STEPS=${1:?usage: tools/continue_baseline.sh STEPS (the total step count to trai
 ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 PY=${PY:-python}
-RUN=runs/q3long/q3.train.pth.tar
-ANNEALED=runs/q3long/q3-annealed.train.pth.tar
-OUT=artifacts/in-training/bmshj2018-factorized-q3.pth.tar
+Q=${QUALITY:-3}
+RUN=runs/q${Q}long/q$Q.train.pth.tar
+ANNEALED=runs/q${Q}long/q$Q-annealed.train.pth.tar
+OUT=artifacts/in-training/bmshj2018-factorized-q$Q.pth.tar
 START=$OUT
-[ -f "$START" ] || START=artifacts/bmshj2018-factorized-q3.pth.tar
-common=(--quality 3 --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS})
-mkdir -p runs/q3long "$(dirname "$OUT")"
+[ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
+common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS})
+mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
 # the 1e-4 phase: the run in runs/q3long/ continues itself; a fresh one resumes START (which may end at 1e-5)
 "$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr 1e-4 --val-every 250 \

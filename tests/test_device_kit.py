@@ -18,7 +18,7 @@ SEED = ROOT / "artifacts" / "bmshj2018-factorized-q3.pth.tar"
 
 def test_the_slim_tree_keeps_the_package_the_device_tools_and_the_seed(load_tool):
     kit = load_tool("device_kit")
-    tracked = ["deepcomp/cli.py", "deepcomp/zoo.py", "pyproject.toml", "tools/device_train.sh", "tools/device_kit.py",
+    tracked = ["deepcomp/cli.py", "deepcomp/zoo.py", "pyproject.toml", "tools/device_train.sh", "tools/device_kit.py", "tools/run.sh",
                "tools/headline.py", "README.md", "tests/test_cli.py", "artifacts/bmshj2018-factorized-q3.pth.tar",
                "artifacts/bmshj2018-factorized-q1.pth.tar", "artifacts/headline/README.md"]
     gone = kit.to_delete(tracked, "artifacts/bmshj2018-factorized-q3.pth.tar")

@@ -4,11 +4,11 @@ The device tool copies this checkout (tracked and untracked-not-ignored files pl
 more than 64 MiB; the tracked files alone are about 200 MB (baselines, studies' model files, resume kits) and the
 training photos 84 MB as PNG. So, for the length of one call, this leaves only what `tools/device_train.sh` needs:
 
-    python tools/device_kit.py prepare      # here: wheels -> .whl/, photos -> .devdata/photos/ (JPEG, see below),
+    bash tools/run.sh python tools/device_kit.py prepare   # here: wheels -> .whl/, photos -> .devdata/photos/ (JPEG, see below),
                                             # deletes every other tracked file from the working tree (git keeps them)
-    # the device call it prints: run(command="bash tools/device_train.sh 5 3", carry=[".whl", ".devdata"], timeout_s=600)
-    python tools/device_kit.py restore      # here, right after the call: `git checkout` of every deleted file
-    python tools/device_kit.py size         # what a call would send now, in MiB
+    # the device call it prints: run(command="bash tools/device_train.sh 4 3", carry=[".whl", ".devdata"], timeout_s=600)
+    bash tools/run.sh python tools/device_kit.py restore   # here, right after the call: `git checkout` of every deleted file
+    bash tools/run.sh python tools/device_kit.py size      # what a call would send now, in MiB
 
 `prepare` refuses a tree with uncommitted changes, so that `restore` gives back exactly the committed tree. The
 photos travel as JPEG at quality 98 with 4:4:4 chroma (46.5 MB for the 49 photos; 45.2 dB mean PSNR against the
@@ -29,9 +29,9 @@ LIMIT = 64 * 2**20
 WHEELS = ("compressai==1.2.8", "bitarray==3.12.3", "dahuffman==0.4.2", "pytorch-msssim==1.0.0")
 PLATFORMS = ("manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 CARRY = (".whl", ".devdata")
-# what tools/device_train.sh reads from the tree (the seed baseline is added by --seed)
+# what tools/device_train.sh reads from the tree, and tools/run.sh to call restore with (the seed is added by --seed)
 KEEP_PREFIXES = ("deepcomp/",)
-KEEP_FILES = ("pyproject.toml", ".gitignore", "tools/device_train.sh", "tools/device_kit.py")
+KEEP_FILES = ("pyproject.toml", ".gitignore", "tools/run.sh", "tools/device_train.sh", "tools/device_kit.py")
 
 
 class KitError(Exception):
@@ -95,7 +95,7 @@ def prepare(args: argparse.Namespace) -> None:
     print(f"a device call now sends {size / 2**20:.1f} MiB (limit 64 MiB)")
     if size > LIMIT:
         raise KitError("still over the device tool's 64 MiB: lower --jpeg-quality, then run prepare again after restore")
-    print('device call: run(command="bash tools/device_train.sh 5 3", carry=[".whl", ".devdata"], timeout_s=600)')
+    print('device call: run(command="bash tools/device_train.sh 4 3", carry=[".whl", ".devdata"], timeout_s=600)')
 
 
 def restore(_: argparse.Namespace) -> None:

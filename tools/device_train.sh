@@ -6,7 +6,7 @@
 # log, device.log (six files: the tool brings back at most eight).
 #
 #   python tools/device_kit.py prepare      # here, first: wheels, photos, a working tree small enough to travel
-#   run(command="bash tools/device_train.sh 5 3", carry=[".whl", ".devdata"], timeout_s=600)
+#   run(command="bash tools/device_train.sh 4 3", carry=[".whl", ".devdata"], timeout_s=600)
 #   python tools/device_kit.py restore      # here, at once
 #
 # Then, here, on the CPU: settle each returned model on the PNG photos (300 steps at lr 1e-5, as every baseline ends),

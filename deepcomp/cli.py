@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, steps=args.steps,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr if args.lr is not None else TrainConfig.lr,
-        val_every=args.val_every, seed=args.seed, threads=args.threads, scratch_lr=args.scratch_lr,
+        val_every=args.val_every, seed=args.seed, threads=args.threads, scratch_lr=args.scratch_lr, precision=args.precision,
     )
     if args.scratch_lr is not None and not args.init_matching:
         raise DeepCompError("--scratch-lr needs --init-matching (it sets the learning rate of the modules that start from scratch)")
@@ -315,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --init: copy only the tensors whose names and shapes match (e.g. a factorized model's g_a/g_s into a hyperprior)")
     t.add_argument("--scratch-lr", type=_positive_float, default=None,
                    help="with --init-matching: learning rate of the modules that start from scratch (default: --lr); kept on resume")
+    t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the transforms train under bf16 autocast (entropy models, weights and validation stay fp32); "
+                        "about 1.8x faster a step on a CPU with AMX, see docs/TRAINING.md")
     t.add_argument("--resume", type=Path, default=None, help="continue this run (e.g. a committed baseline) into --out")
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")

@@ -107,6 +107,41 @@ def _build(arch: str, quality: int, init_weights: bool) -> nn.Module:
         return models[arch](quality=quality, pretrained=False)
 
 
+@contextlib.contextmanager
+def mixed_precision(model: nn.Module, dtype: torch.dtype, device_type: str) -> Iterator[None]:
+    """Run ``model``'s forward passes in ``dtype`` under autocast, but its entropy models in fp32.
+
+    The transforms (convolutions, GDN) are what bf16 speeds up (on the CPU
+    with AMX, about 1.8x a training step); the entropy models' likelihoods are
+    differences of two sigmoids or CDFs, which bf16's 8-bit mantissa would
+    round to 0, so EntropyBottleneck and GaussianConditional get fp32 inputs
+    and no autocast.  The parameters stay fp32 (autocast casts copies), so
+    the optimiser and the saved weights are unchanged.
+    """
+    from compressai.entropy_models import EntropyModel
+
+    patched = []
+
+    def fp32(forward):
+        def run(*args, **kwargs):
+            with torch.autocast(device_type, enabled=False):
+                args = [a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args]
+                return forward(*args, **kwargs)
+
+        return run
+
+    for m in model.modules():
+        if isinstance(m, EntropyModel):
+            m.forward = fp32(m.forward)
+            patched.append(m)
+    try:
+        with torch.autocast(device_type, dtype=dtype):
+            yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
 def is_derived(name: str) -> bool:
     """True for a buffer that the model rebuilds itself: ``update(force=True)``
     (:data:`DERIVED_BUFFERS`) or its constructor (:data:`CONSTANT_BUFFERS`)."""

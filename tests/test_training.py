@@ -198,3 +198,39 @@ def test_checkpoint_step_tool(photos, tmp_path, load_tool, capsys):
         assert tool.main(bad) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_mixed_precision_keeps_the_entropy_model_in_fp32(random_checkpoint):
+    from compressai.entropy_models import EntropyModel
+
+    from deepcomp import zoo
+
+    torch.manual_seed(0)
+    model = zoo.build("bmshj2018-factorized", 3)
+    model.load_state_dict(torch.load(random_checkpoint, weights_only=True)["state_dict"])
+    x = torch.rand(2, 3, 64, 64)
+    seen = {}
+    model.entropy_bottleneck.register_forward_hook(lambda m, i, o: seen.update(y=i[0].dtype, y_hat=o[0].dtype, lik=o[1].dtype))
+    torch.manual_seed(1)
+    ref = model(x)
+    torch.manual_seed(1)
+    with zoo.mixed_precision(model, torch.bfloat16, "cpu"):
+        out = model(x)
+        assert seen == {"y": torch.bfloat16, "y_hat": torch.float32, "lik": torch.float32}  # g_a in bf16, the entropy model in fp32
+        assert model.g_a(x).dtype == torch.bfloat16 and out["x_hat"].dtype == torch.bfloat16
+    lik_ref, lik = ref["likelihoods"]["y"], out["likelihoods"]["y"]
+    bits_ref, bits = -torch.log2(lik_ref).sum(), -torch.log2(lik).sum()
+    assert abs(float(bits - bits_ref)) < 0.01 * float(bits_ref)
+    # the patch is gone afterwards and the weights never changed dtype
+    assert all("forward" not in vars(m) for m in model.modules() if isinstance(m, EntropyModel))
+    assert model(x)["x_hat"].dtype == torch.float32 and model.g_a[0].weight.dtype == torch.float32
+
+
+def test_bf16_training_runs_and_records_its_precision(photos, tmp_path):
+    out = tmp_path / "bf16.pth.tar"
+    training.train(dataclasses.replace(cfg(2), precision="bf16"), photos, out, progress=False, log=lambda _: None)
+    ck = torch.load(out, weights_only=True)
+    assert ck["config"]["precision"] == "bf16" and ck["train_state"]["step"] == 2
+    assert all(v.dtype != torch.bfloat16 for v in ck["state_dict"].values())
+    h = ck["train_state"]["history"][-1]
+    assert h["val_loss"] == h["val_loss"] and 0 < h["val_bpp"] < 24  # finite, a plausible rate

@@ -12,6 +12,7 @@
 #   MINUTES=120                                     # stop the 1e-4 phase after 120 minutes (then anneal and card as usual)
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
+#   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay); Kodak is only
 # evaluated, for the card.
@@ -27,7 +28,7 @@ ANNEALED=runs/q${Q}long/q$Q-annealed.train.pth.tar
 OUT=artifacts/in-training/bmshj2018-factorized-q$Q.pth.tar
 START=$OUT
 [ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
-common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS})
+common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
 mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
 # the 1e-4 phase: the run in runs/q3long/ continues itself; a fresh one resumes START (which may end at 1e-5)

@@ -13,7 +13,8 @@
 # compare its validation loss with the shipped one's and write the cards (docs/TRAINING.md, "On the device machine").
 #
 # Environment: DATA (photos, default .devdata/photos), SEED (default artifacts/bmshj2018-factorized-q3.pth.tar),
-# BATCH (16), PATCH (256), QUALITIES (1 2 4 5; empty: quality 3 only), WORK (/tmp/devtrain), PY (python3).
+# BATCH (16), PATCH (256), QUALITIES (1 2 4 5; empty: quality 3 only), WORK (/tmp/devtrain), PY (python3),
+# PRECISION (fp32; bf16 is measured on the CPU only, docs/TRAINING.md).
 # It also runs on the CPU with small numbers (tests/test_device_kit.py does), which is how it is checked here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +40,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else '')" \
   | tee "$OUT/device.log"
 
-common=(--batch-size "$BATCH" --patch-size "$PATCH" --data "$DATA" --steps 100000000 --quiet)
+common=(--batch-size "$BATCH" --patch-size "$PATCH" --data "$DATA" --steps 100000000 --precision "${PRECISION:-fp32}" --quiet)
 # quality 3 resumes the shipped run (its step, history and plateau state) at lr 1e-4
 "$PY" -m deepcomp.cli train --quality 3 --resume "$SEED" -o "$WORK/q3.train.pth.tar" --lr 1e-4 --val-every 500 \
   --minutes "$Q3_MINUTES" "${common[@]}" > "$WORK/q3.log" 2>&1 || { cat "$WORK/q3.log" >> "$OUT/device.log"; tail -5 "$WORK/q3.log"; exit 1; }

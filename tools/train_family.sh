@@ -8,6 +8,7 @@
 #                                           # runs/family/*, a newer baseline starts afresh
 #   ANNEAL=200 ANNEAL_LR=1e-5               # the final low-learning-rate steps (0: none); see docs/TRAINING.md
 #   JOBS=2 THREADS=1                        # qualities trained side by side (logs in runs/family/q*.log)
+#   PRECISION=bf16                          # deepcomp train --precision (docs/TRAINING.md)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
@@ -23,7 +24,7 @@ BASE_STEP=$("$PY" tools/checkpoint_step.py "$BASE")
 
 fine_tune() {
   local q=$1 run="runs/family/q$1-from-q3-step$BASE_STEP.train.pth.tar"
-  local common=(--quality "$q" -o "$run" --batch-size 8 --patch-size 128 --val-every 200 ${THREADS:+--threads $THREADS})
+  local common=(--quality "$q" -o "$run" --batch-size 8 --patch-size 128 --val-every 200 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
   "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --steps "$STEPS"
   if [ "$ANNEAL" -gt 0 ]; then
     "$PY" -m deepcomp.cli train "${common[@]}" --steps $((STEPS + ANNEAL)) --lr "$ANNEAL_LR"

@@ -74,9 +74,10 @@ def jpeg_photos(src: Path, dst: Path, quality: int) -> int:
 def prepare(args: argparse.Namespace) -> None:
     if git("status", "--porcelain", "--untracked-files=normal").strip():
         raise KitError("the working tree has uncommitted changes: commit them first, so that `restore` brings back exactly the committed tree")
-    seed = Path(args.seed).resolve().relative_to(ROOT).as_posix() if Path(args.seed).exists() else None
-    if seed is None:
-        raise KitError(f"seed baseline not found: {args.seed}")
+    seed = Path(args.seed).resolve()
+    if not seed.is_file() or ROOT not in seed.parents:
+        raise KitError(f"seed baseline not found in this checkout: {args.seed}")
+    seed = seed.relative_to(ROOT).as_posix()
     whl = ROOT / ".whl"
     if not any(whl.glob("compressai-*.whl")):
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",

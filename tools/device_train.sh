@@ -5,9 +5,9 @@
 # (12 MB each, weights and training history; the Adam moments stay behind, as the 16 MiB-a-file limit wants) and one
 # log, device.log (six files: the tool brings back at most eight).
 #
-#   python tools/device_kit.py prepare      # here, first: wheels, photos, a working tree small enough to travel
+#   bash tools/run.sh python tools/device_kit.py prepare   # here, first: wheels, photos, a working tree small enough to travel
 #   run(command="bash tools/device_train.sh 4 3", carry=[".whl", ".devdata"], timeout_s=600)
-#   python tools/device_kit.py restore      # here, at once
+#   bash tools/run.sh python tools/device_kit.py restore   # here, at once
 #
 # Then, here, on the CPU: settle each returned model on the PNG photos (300 steps at lr 1e-5, as every baseline ends),
 # compare its validation loss with the shipped one's and write the cards (docs/TRAINING.md, "On the device machine").

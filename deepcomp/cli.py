@@ -47,6 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, steps=args.steps,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr if args.lr is not None else TrainConfig.lr,
         val_every=args.val_every, seed=args.seed, threads=args.threads, scratch_lr=args.scratch_lr, precision=args.precision,
+        lr_patience=args.lr_patience if args.lr_patience is not None else TrainConfig.lr_patience,
     )
     if args.scratch_lr is not None and not args.init_matching:
         raise DeepCompError("--scratch-lr needs --init-matching (it sets the learning rate of the modules that start from scratch)")
@@ -304,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patch-size", type=_positive_int, default=256)
     t.add_argument("--lr", type=_positive_float, default=None,
                    help="learning rate (default 1e-4; a resumed run keeps the one it had reached unless given)")
+    t.add_argument("--lr-patience", type=_positive_int, default=None,
+                   help="validations without improvement before the learning rate halves (default 4; "
+                        "a long run at lr 1e-4 wants more, docs/TRAINING.md)")
     t.add_argument("--minutes", type=_positive_float, default=None,
                    help="stop after this much training time, with a checkpoint; a rerun continues")
     t.add_argument("--val-every", type=_positive_int, default=500)

@@ -213,6 +213,8 @@ def train_steps(
         # a committed baseline carries the scheduler but not the Adam moments:
         # the learning rate it had reached still applies
         sched.load_state_dict(state["scheduler"])
+        # the run's own patience, not the one the checkpoint was written with (its state_dict carries it)
+        sched.patience = cfg.lr_patience
         last = state["scheduler"].get("_last_lr")
         if last and not state.get("optimizer"):
             for group, lr in zip(opt.param_groups, last):

@@ -234,3 +234,13 @@ def test_bf16_training_runs_and_records_its_precision(photos, tmp_path):
     assert all(v.dtype != torch.bfloat16 for v in ck["state_dict"].values())
     h = ck["train_state"]["history"][-1]
     assert h["val_loss"] == h["val_loss"] and 0 < h["val_bpp"] < 24  # finite, a plausible rate
+
+
+def test_a_run_uses_its_own_plateau_patience_not_the_checkpoints(photos, tmp_path):
+    # a scheduler's state_dict carries its patience: resuming must not bring the old run's back
+    out, longer = tmp_path / "run.pth.tar", tmp_path / "longer.pth.tar"
+    training.train(cfg(2), photos, out, progress=False, log=lambda _: None)
+    assert torch.load(out, weights_only=True)["train_state"]["scheduler"]["patience"] == training.TrainConfig.lr_patience
+    patient = training.TrainConfig(steps=4, batch_size=2, patch_size=64, val_every=2, val_fraction=0.25, threads=1, lr_patience=12)
+    training.train(patient, photos, longer, resume=out, progress=False, log=lambda _: None)
+    assert torch.load(longer, weights_only=True)["train_state"]["scheduler"]["patience"] == 12

@@ -13,6 +13,8 @@
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
 #   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
+#   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate, and validations without improvement
+#                                                   # before it halves (deepcomp train --lr-patience)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay); Kodak is only
 # evaluated, for the card.
@@ -32,7 +34,8 @@ common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THR
 mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
 # the 1e-4 phase: the run in runs/q3long/ continues itself; a fresh one resumes START (which may end at 1e-5)
-"$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr 1e-4 --val-every 250 \
+"$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr "${LR:-1e-4}" --val-every 250 \
+  ${LR_PATIENCE:+--lr-patience $LR_PATIENCE} \
   ${MINUTES:+--minutes $MINUTES}
 step=$("$PY" tools/checkpoint_step.py "$RUN")
 # the annealed copy starts afresh from the run each time

@@ -9,7 +9,7 @@
 # (docs/TRAINING.md).
 #
 #   bash tools/run.sh bash tools/continue_baseline.sh STEPS   # train up to STEPS (total, counting the baseline's own)
-#   MINUTES=120                                     # stop the 1e-4 phase after 120 minutes (then anneal and card as usual)
+#   MINUTES=120                                     # stop the training phase after 120 minutes (then anneal and card as usual)
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
 #   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
@@ -33,7 +33,7 @@ START=$OUT
 common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
 mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
-# the 1e-4 phase: the run in runs/q3long/ continues itself; a fresh one resumes START (which may end at 1e-5)
+# the training phase (LR, default 1e-4): the run in runs/qQlong/ continues itself; a fresh one resumes START (which may end at 1e-5)
 "$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr "${LR:-1e-4}" --val-every 250 \
   ${LR_PATIENCE:+--lr-patience $LR_PATIENCE} \
   ${MINUTES:+--minutes $MINUTES}

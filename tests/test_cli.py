@@ -93,3 +93,21 @@ def test_bad_option_values_exit_nonzero(capsys):
             cli.main(argv)
         assert exc.value.code != 0
         assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_options_say_the_defaults_training_uses():
+    """cli imports training lazily, so `train`'s help spells some defaults itself: they must not drift."""
+    import re
+
+    from deepcomp import training
+
+    sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    opts = {a.dest: a for a in sub.choices["train"]._actions}
+    cfg = training.TrainConfig()
+    assert set(opts["precision"].choices) == set(training.PRECISIONS)
+    assert opts["precision"].default == cfg.precision
+    for dest, value in (("lr", cfg.lr), ("lr_patience", cfg.lr_patience)):
+        said = re.search(r"default ([0-9.e+-]+)", opts[dest].help)
+        assert said and float(said.group(1)) == value, dest
+    for dest in ("batch_size", "patch_size", "val_every", "seed", "steps", "arch", "quality"):
+        assert opts[dest].default == getattr(cfg, dest), dest

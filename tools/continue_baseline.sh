@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Continue training a factorized baseline (quality 3 unless QUALITY=Q) across sessions, without touching the shipped
-# family: the run trains at lr 1e-4 in runs/qQlong/ (resumable), and each call ends by annealing a copy of it
+# family: the run trains in runs/qQlong/ (resumable; lr 1e-4 at first, halved on validation plateaus), and each call ends by annealing a copy of it
 # (ANNEAL steps at ANNEAL_LR), exporting that copy to artifacts/in-training/ and writing its model card there
 # (Kodak, real bitstreams, against CompressAI's published curve). The next session resumes the run in runs/q3long/
 # or, on a fresh clone, the committed copy in artifacts/in-training/ (none: the shipped baseline). Once it is far
@@ -13,8 +13,9 @@
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
 #   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
-#   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate, and validations without improvement
-#                                                   # before it halves (deepcomp train --lr-patience)
+#   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate (default: the rate the run in runs/qQlong/
+#                                                   # had reached; 1e-4 for a fresh run), and validations without
+#                                                   # improvement before it halves (deepcomp train --lr-patience)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay); Kodak is only
 # evaluated, for the card.
@@ -33,8 +34,11 @@ START=$OUT
 common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
 mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
-# the training phase (LR, default 1e-4): the run in runs/qQlong/ continues itself; a fresh one resumes START (which may end at 1e-5)
-"$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" --lr "${LR:-1e-4}" --val-every 250 \
+# the training phase: the run in runs/qQlong/ continues itself at the rate its plateau rule had reached (LR= sets
+# another); a fresh one resumes START (which ends at 1e-5) at LR, default 1e-4
+lr=${LR:-}
+[ -n "$lr" ] || [ -f "$RUN" ] || lr=1e-4
+"$PY" -m deepcomp.cli train "${common[@]}" --resume "$START" -o "$RUN" --steps "$STEPS" ${lr:+--lr $lr} --val-every 250 \
   ${LR_PATIENCE:+--lr-patience $LR_PATIENCE} \
   ${MINUTES:+--minutes $MINUTES}
 step=$("$PY" tools/checkpoint_step.py "$RUN")

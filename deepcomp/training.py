@@ -210,13 +210,13 @@ def train_steps(
     if aux_opt is not None and state.get("aux_optimizer"):
         aux_opt.load_state_dict(state["aux_optimizer"])
     if state.get("scheduler"):
-        # a committed baseline carries the scheduler but not the Adam moments:
-        # the learning rate it had reached still applies
         # the checkpoint brings the plateau state (best loss, bad validations, last rates); its state_dict also
         # carries the settings it was written with, but the halving factor, patience and floor are this run's
         settings = {k: getattr(sched, k) for k in ("factor", "patience", "min_lrs")}
         sched.load_state_dict(state["scheduler"])
         sched.__dict__.update(settings)
+        # a committed baseline carries the scheduler but not the Adam moments:
+        # the learning rate it had reached still applies
         last = state["scheduler"].get("_last_lr")
         if last and not state.get("optimizer"):
             for group, lr in zip(opt.param_groups, last):

@@ -241,6 +241,6 @@ def test_a_run_uses_its_own_plateau_patience_not_the_checkpoints(photos, tmp_pat
     out, longer = tmp_path / "run.pth.tar", tmp_path / "longer.pth.tar"
     training.train(cfg(2), photos, out, progress=False, log=lambda _: None)
     assert torch.load(out, weights_only=True)["train_state"]["scheduler"]["patience"] == training.TrainConfig.lr_patience
-    patient = training.TrainConfig(steps=4, batch_size=2, patch_size=64, val_every=2, val_fraction=0.25, threads=1, lr_patience=12)
+    patient = dataclasses.replace(cfg(4), lr_patience=12)
     training.train(patient, photos, longer, resume=out, progress=False, log=lambda _: None)
     assert torch.load(longer, weights_only=True)["train_state"]["scheduler"]["patience"] == 12

@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         arch=args.arch, quality=args.quality, lmbda=args.lmbda, steps=args.steps,
         batch_size=args.batch_size, patch_size=args.patch_size, lr=args.lr if args.lr is not None else TrainConfig.lr,
         val_every=args.val_every, seed=args.seed, threads=args.threads, scratch_lr=args.scratch_lr, precision=args.precision,
-        lr_patience=args.lr_patience if args.lr_patience is not None else TrainConfig.lr_patience,
+        compile=args.compile, lr_patience=args.lr_patience if args.lr_patience is not None else TrainConfig.lr_patience,
     )
     if args.scratch_lr is not None and not args.init_matching:
         raise DeepCompError("--scratch-lr needs --init-matching (it sets the learning rate of the modules that start from scratch)")
@@ -322,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="bf16: the transforms train under bf16 autocast (entropy models, weights and validation stay fp32); "
                         "about 2.2x faster a step on a CPU with AMX (2.75x with the channels-last layout every run uses), see docs/TRAINING.md")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the transforms (seconds at the first step; the speed-up: tools/bench_training.py, docs/TRAINING.md)")
     t.add_argument("--resume", type=Path, default=None, help="continue this run (e.g. a committed baseline) into --out")
     t.add_argument("-o", "--out", type=Path, required=True, help="resumable training checkpoint")
     t.add_argument("--quiet", action="store_true")

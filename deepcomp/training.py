@@ -49,6 +49,7 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     precision: str = "fp32"  # "bf16": the transforms' forward and backward under bf16 autocast (zoo.mixed_precision)
+    compile: bool = False  # torch.compile the transforms (zoo.compile_transforms)
     extra: dict = field(default_factory=dict)
 
     def resolved_lambda(self) -> float:
@@ -381,6 +382,8 @@ def train(
     # channels-last: the same arithmetic in the layout oneDNN's (and cuDNN's) convolutions prefer; on the 2-core CPU
     # about 1.2x a step in fp32 and 1.4x more with bf16 (tools/bench_training.py). Saved weights are made contiguous.
     model.to(device=device, memory_format=torch.channels_last)
+    if cfg.compile:
+        log(f"compiling {', '.join(zoo.compile_transforms(model))} (the first step and the first validation take seconds more)")
     train_files, val_files = split_photos(data, cfg.val_fraction)
     log(f"{len(train_files)} training photos, {len(val_files)} validation photos ({', '.join(f.name for f in val_files)}), device {device}")
     sampler = CropSampler(train_files, cfg.patch_size, seed=cfg.seed + state.get("step", 0))

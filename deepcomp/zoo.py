@@ -142,6 +142,26 @@ def mixed_precision(model: nn.Module, dtype: torch.dtype, device_type: str) -> I
             del m.forward
 
 
+#: The transforms of CompressAI's image models: convolutions and GDN, what a training step spends its time on
+#: (their hyperprior counterparts included); the entropy models are not among them.
+TRANSFORMS = ("g_a", "g_s", "h_a", "h_s")
+
+
+def compile_transforms(model: nn.Module) -> list[str]:
+    """``torch.compile`` the model's transforms in place (``nn.Module.compile``), and return their names.
+
+    Compiled, GDN's elementwise operations and their backward run as fewer fused kernels (the speed-up:
+    tools/bench_training.py); the parameters, the state_dict keys and the computation (up to float rounding) stay
+    the eager model's, so checkpoints and exports do not change. The first step compiles (seconds), and a new input
+    shape or the switch to eval (validation) compiles once more. The entropy models stay eager (their custom
+    autograd functions and CDF tables).
+    """
+    names = [n for n in TRANSFORMS if isinstance(getattr(model, n, None), nn.Module)]
+    for n in names:
+        getattr(model, n).compile()
+    return names
+
+
 def is_derived(name: str) -> bool:
     """True for a buffer that the model rebuilds itself: ``update(force=True)``
     (:data:`DERIVED_BUFFERS`) or its constructor (:data:`CONSTANT_BUFFERS`)."""

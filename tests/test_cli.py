@@ -109,5 +109,5 @@ def test_train_options_say_the_defaults_training_uses():
     for dest, value in (("lr", cfg.lr), ("lr_patience", cfg.lr_patience)):
         said = re.search(r"default ([0-9.e+-]+)", opts[dest].help)
         assert said and float(said.group(1)) == value, dest
-    for dest in ("batch_size", "patch_size", "val_every", "seed", "steps", "arch", "quality"):
+    for dest in ("batch_size", "patch_size", "val_every", "seed", "steps", "arch", "quality", "compile"):
         assert opts[dest].default == getattr(cfg, dest), dest

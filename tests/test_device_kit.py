@@ -13,7 +13,9 @@ from deepcomp import zoo
 
 from .conftest import ROOT
 
-SEED = ROOT / "artifacts" / "bmshj2018-factorized-q3.pth.tar"
+SHIPPED = ROOT / "artifacts" / "bmshj2018-factorized-q3.pth.tar"
+IN_TRAINING = ROOT / "artifacts" / "in-training" / "bmshj2018-factorized-q3.pth.tar"
+SEED = IN_TRAINING if IN_TRAINING.exists() else SHIPPED  # what a device call continues by default
 
 
 def test_the_slim_tree_keeps_the_package_the_device_tools_and_the_seed(load_tool):
@@ -24,6 +26,16 @@ def test_the_slim_tree_keeps_the_package_the_device_tools_and_the_seed(load_tool
     gone = kit.to_delete(tracked, "artifacts/bmshj2018-factorized-q3.pth.tar")
     assert gone == ["tools/headline.py", "README.md", "tests/test_cli.py", "artifacts/bmshj2018-factorized-q1.pth.tar",
                     "artifacts/headline/README.md"]
+
+
+def test_the_seed_is_the_quality_3_in_training_where_there_is_one(load_tool, monkeypatch, tmp_path):
+    kit = load_tool("device_kit")
+    monkeypatch.setattr(kit, "ROOT", tmp_path)
+    (tmp_path / "artifacts" / "in-training").mkdir(parents=True)
+    (tmp_path / "artifacts" / "bmshj2018-factorized-q3.pth.tar").write_bytes(b"")
+    assert kit.default_seed() == tmp_path / "artifacts" / "bmshj2018-factorized-q3.pth.tar"
+    (tmp_path / "artifacts" / "in-training" / "bmshj2018-factorized-q3.pth.tar").write_bytes(b"")
+    assert kit.default_seed() == tmp_path / "artifacts" / "in-training" / "bmshj2018-factorized-q3.pth.tar"
 
 
 def test_prepare_refuses_uncommitted_changes(load_tool, monkeypatch, capsys):
@@ -40,9 +52,10 @@ def test_device_train_needs_out():
     assert r.returncode != 0 and "OUT must name" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.skipif(not SEED.exists(), reason="the shipped quality-3 baseline is not here")
+@pytest.mark.skipif(not SEED.exists(), reason="no quality-3 baseline here")
 def test_device_train_runs_on_the_cpu_and_returns_loadable_models(tmp_path):
-    """The whole device script with tiny numbers: q3 resumes the shipped run, q1 starts from it, both come back."""
+    """The whole device script with tiny numbers: q3 resumes the seed (the quality 3 in training, else the shipped
+    one), q1 starts from it, both come back."""
     data = tmp_path / "photos"
     data.mkdir()
     rng = np.random.default_rng(0)
@@ -64,3 +77,4 @@ def test_device_train_runs_on_the_cpu_and_returns_loadable_models(tmp_path):
         zoo.assign_weights(zoo.build("bmshj2018-factorized", q), ckpt["state_dict"], "returned")
     log = (tmp_path / "out" / "device.log").read_text()
     assert "== q3" in log and "== q1" in log and "val loss" in log
+    assert f"seed: {SEED.relative_to(ROOT)}\n" in log

@@ -235,6 +235,28 @@ def test_bf16_training_runs_and_records_its_precision(photos, tmp_path):
     h = ck["train_state"]["history"][-1]
     assert h["val_loss"] == h["val_loss"] and 0 < h["val_bpp"] < 24  # finite, a plausible rate
 
+def test_compiled_transforms_train_the_same_model_as_eager_ones(photos, tmp_path):
+    runs, logs = {}, []
+    for compiled in (False, True):
+        out = tmp_path / f"compile-{compiled}.pth.tar"
+        training.train(dataclasses.replace(cfg(2), compile=compiled), photos, out, progress=False, log=logs.append)
+        runs[compiled] = torch.load(out, weights_only=True)
+    assert any(line.startswith("compiling g_a, g_s ") for line in logs)
+    eager, compiled = runs[False], runs[True]
+    assert compiled["config"]["compile"] and list(compiled["state_dict"]) == list(eager["state_dict"])
+    # the same seed, crops and arithmetic up to float rounding: the same losses, and not the untrained model's
+    he, hc = eager["train_state"]["history"][-1], compiled["train_state"]["history"][-1]
+    assert hc["train_loss"] == pytest.approx(he["train_loss"], rel=1e-4)
+    assert hc["val_loss"] == pytest.approx(he["val_loss"], rel=1e-4)
+    from deepcomp import zoo
+
+    torch.manual_seed(cfg(2).seed)  # train() builds its model right after seeding
+    init = zoo.build("bmshj2018-factorized", 3).g_a[0].weight.detach()
+    w_eager, w_compiled = eager["state_dict"]["g_a.0.weight"], compiled["state_dict"]["g_a.0.weight"]
+    moved = (w_eager - init).abs().max()
+    assert moved > 0 and (w_compiled - w_eager).abs().max() < 0.1 * moved
+
+
 
 def test_a_run_uses_its_own_plateau_patience_not_the_checkpoints(photos, tmp_path):
     # a scheduler's state_dict carries its patience: resuming must not bring the old run's back

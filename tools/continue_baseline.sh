@@ -13,6 +13,7 @@
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
 #   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
+#   COMPILE=1                                       # deepcomp train --compile (torch.compile the transforms)
 #   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate (default: the rate the run in runs/qQlong/
 #                                                   # had reached; 1e-4 for a fresh run), and validations without
 #                                                   # improvement before it halves (deepcomp train --lr-patience)
@@ -32,6 +33,7 @@ OUT=artifacts/in-training/bmshj2018-factorized-q$Q.pth.tar
 START=$OUT
 [ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
 common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
+if [ "${COMPILE:-0}" = 1 ]; then common+=(--compile); fi
 mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
 
 # the training phase: the run in runs/qQlong/ continues itself at the rate its plateau rule had reached (LR= sets

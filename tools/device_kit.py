@@ -42,6 +42,14 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
 
 
+def default_seed() -> Path:
+    """The quality-3 baseline a device call continues (tools/device_train.sh's SEED picks the same): the one in
+    training, artifacts/in-training/ (ahead of the shipped one), where there is one, else the shipped one."""
+    shipped = ROOT / "artifacts" / "bmshj2018-factorized-q3.pth.tar"
+    in_training = ROOT / "artifacts" / "in-training" / shipped.name
+    return in_training if in_training.is_file() else shipped
+
+
 def to_delete(tracked: list[str], seed: str) -> list[str]:
     """The tracked files a device call does not need: all but the package, the two device tools and the seed."""
     keep = set(KEEP_FILES) | {seed}
@@ -74,10 +82,11 @@ def jpeg_photos(src: Path, dst: Path, quality: int) -> int:
 def prepare(args: argparse.Namespace) -> None:
     if git("status", "--porcelain", "--untracked-files=normal").strip():
         raise KitError("the working tree has uncommitted changes: commit them first, so that `restore` brings back exactly the committed tree")
-    seed = Path(args.seed).resolve()
+    seed = Path(args.seed).resolve() if args.seed else default_seed()
     if not seed.is_file() or ROOT not in seed.parents:
-        raise KitError(f"seed baseline not found in this checkout: {args.seed}")
+        raise KitError(f"seed baseline not found in this checkout: {args.seed or seed}")
     seed = seed.relative_to(ROOT).as_posix()
+    print(f"seed: {seed} (tools/device_train.sh continues it)")
     whl = ROOT / ".whl"
     if not any(whl.glob("compressai-*.whl")):
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
@@ -115,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("prepare", help="wheels, JPEG photos, a slim working tree")
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "train"), help="the training photos (never Kodak)")
-    p.add_argument("--seed", default=str(ROOT / "artifacts" / "bmshj2018-factorized-q3.pth.tar"), help="the baseline the device continues")
+    p.add_argument("--seed", help="the baseline the device continues (default: the quality 3 in artifacts/in-training/, "
+                   "else the shipped one; tools/device_train.sh picks the same)")
     p.add_argument("--jpeg-quality", type=int, default=98)
     p.set_defaults(func=prepare)
     sub.add_parser("restore", help="bring back the tracked files prepare removed").set_defaults(func=restore)

@@ -9,7 +9,7 @@
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DIR=${1:?usage: tools/device_settle.sh DIR (the folder holding the device call's bmshj2018-factorized-q*.pth.tar)}
+DIR=${1:?usage: tools/device_settle.sh DIR (the folder holding the bmshj2018-factorized-q*.pth.tar returned by the device call)}
 ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 PY=${PY:-python}

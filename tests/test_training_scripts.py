@@ -1,0 +1,131 @@
+"""The shell wrappers over `deepcomp train`/`export` (tools/continue_baseline.sh, tools/device_settle.sh): which
+commands they run, checked with a stand-in `python` (PY=) that records its arguments in a copy of the repository."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT
+
+STEP = 1000  # what the stand-in says a checkpoint has reached (tools/checkpoint_step.py)
+FAKE_PY = f"""#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+if [ "$1" = tools/checkpoint_step.py ]; then echo {STEP}; fi
+"""
+
+
+@pytest.fixture
+def repo(tmp_path) -> Path:
+    """A bare copy of the repository's layout: the scripts under test and a stand-in python."""
+    (tmp_path / "tools").mkdir()
+    for name in ("continue_baseline.sh", "device_settle.sh"):
+        shutil.copy(ROOT / "tools" / name, tmp_path / "tools" / name)
+    (tmp_path / "artifacts").mkdir()
+    py = tmp_path / "fake-python"
+    py.write_text(FAKE_PY)
+    py.chmod(0o755)
+    return tmp_path
+
+
+def run_script(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE")}
+    calls = repo / "calls.txt"
+    calls.unlink(missing_ok=True)
+    r = subprocess.run(["bash", *args], cwd=repo, capture_output=True, text=True,
+                       env={**base, "PY": str(repo / "fake-python"), "CALLS": str(calls), **env})
+    return r, [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
+
+
+def option(call: list[str], name: str) -> str | None:
+    return call[call.index(name) + 1] if name in call else None
+
+
+def trains(calls: list[list[str]]) -> list[list[str]]:
+    return [c for c in calls if c[:3] == ["-m", "deepcomp.cli", "train"]]
+
+
+def test_a_fresh_run_resumes_the_shipped_baseline_at_1e4_then_anneals_exports_and_cards(repo):
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000")
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert option(run, "--resume") == "artifacts/bmshj2018-factorized-q3.pth.tar"
+    assert option(run, "-o") == "runs/q3long/q3.train.pth.tar"
+    assert (option(run, "--lr"), option(run, "--steps"), option(run, "--quality")) == ("1e-4", "5000", "3")
+    assert option(run, "--lr-patience") is None and option(run, "--minutes") is None and "--compile" not in run
+    assert option(anneal, "--resume") == "runs/q3long/q3.train.pth.tar"
+    assert (option(anneal, "--steps"), option(anneal, "--lr")) == (str(STEP + 300), "1e-5")
+    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    assert export[3:] == ["runs/q3long/q3-annealed.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"]
+    assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",
+                         "--data", "../shared/data/kodak"]
+
+
+def test_a_local_run_resumes_at_its_own_rate_unless_lr_is_given(repo):
+    (repo / "artifacts" / "in-training").mkdir()
+    (repo / "artifacts" / "in-training" / "bmshj2018-factorized-q3.pth.tar").write_bytes(b"")
+    (repo / "runs" / "q3long").mkdir(parents=True)
+    (repo / "runs" / "q3long" / "q3.train.pth.tar").write_bytes(b"")
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000")
+    assert r.returncode == 0, r.stderr
+    run = trains(calls)[0]
+    assert option(run, "--resume") == "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
+    assert option(run, "--lr") is None
+
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000", LR="5e-5", LR_PATIENCE="24", MINUTES="7",
+                          PRECISION="bf16", THREADS="2", COMPILE="1")
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert [option(run, o) for o in ("--lr", "--lr-patience", "--minutes", "--precision", "--threads")] == \
+        ["5e-5", "24", "7", "bf16", "2"]
+    # the anneal keeps the precision, threads and compilation, not the training phase's rate, patience or time limit
+    assert "--compile" in run and "--compile" in anneal
+    assert [option(anneal, o) for o in ("--lr", "--lr-patience", "--minutes", "--precision", "--threads")] == \
+        ["1e-5", None, None, "bf16", "2"]
+
+
+def test_anneal_0_exports_the_run_itself_and_quality_names_the_paths(repo):
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000", ANNEAL="0", QUALITY="5")
+    assert r.returncode == 0, r.stderr
+    (run,) = trains(calls)
+    assert option(run, "--quality") == "5" and option(run, "-o") == "runs/q5long/q5.train.pth.tar"
+    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    assert export[3:] == ["runs/q5long/q5.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"]
+
+
+def test_continue_baseline_needs_a_step_count(repo):
+    r, calls = run_script(repo, "tools/continue_baseline.sh")
+    assert r.returncode != 0 and "usage" in r.stderr and calls == []
+
+
+def test_device_settle_anneals_and_exports_each_returned_model_then_cards_them_together(repo):
+    back = repo / "back"
+    back.mkdir()
+    for q in (3, 5):
+        (back / f"bmshj2018-factorized-q{q}.pth.tar").write_bytes(b"")
+    (back / "notes.txt").write_text("not a model")
+    r, calls = run_script(repo, "tools/device_settle.sh", str(back), ANNEAL_LR="2e-5")
+    assert r.returncode == 0, r.stderr
+    t3, t5 = trains(calls)
+    assert (option(t3, "--quality"), option(t5, "--quality")) == ("3", "5")
+    assert option(t3, "--resume") == f"{back}/bmshj2018-factorized-q3.pth.tar"
+    assert (option(t5, "--steps"), option(t5, "--lr")) == (str(STEP + 300), "2e-5")
+    assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",
+                         "artifacts/in-training/bmshj2018-factorized-q5.pth.tar", "--data", "../shared/data/kodak"]
+
+
+def test_device_settle_says_so_when_the_folder_holds_no_model(repo):
+    (repo / "empty").mkdir()
+    r, calls = run_script(repo, "tools/device_settle.sh", str(repo / "empty"))
+    assert r.returncode == 1 and calls == []
+    assert r.stderr.strip().splitlines() == [f"device_settle: no bmshj2018-factorized-q*.pth.tar in {repo / 'empty'}"]
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tools").glob("*.sh")) + ["../.ci/run"])
+def test_every_shell_script_parses(script):
+    # a syntax error (device_settle.sh once had an apostrophe inside ${1:?...}) only shows when the script runs
+    r = subprocess.run(["bash", "-n", str(ROOT / "tools" / script)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

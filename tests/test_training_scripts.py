@@ -1,4 +1,5 @@
-"""The shell wrappers over `deepcomp train`/`export` (tools/continue_baseline.sh, tools/device_settle.sh): which
+"""The shell wrappers over `deepcomp train`/`export` (tools/continue_baseline.sh, tools/device_settle.sh,
+tools/train_family.sh): which
 commands they run, checked with a stand-in `python` (PY=) that records its arguments in a copy of the repository."""
 
 import os
@@ -21,7 +22,7 @@ if [ "$1" = tools/checkpoint_step.py ]; then echo {STEP}; fi
 def repo(tmp_path) -> Path:
     """A bare copy of the repository's layout: the scripts under test and a stand-in python."""
     (tmp_path / "tools").mkdir()
-    for name in ("continue_baseline.sh", "device_settle.sh"):
+    for name in ("continue_baseline.sh", "device_settle.sh", "train_family.sh"):
         shutil.copy(ROOT / "tools" / name, tmp_path / "tools" / name)
     (tmp_path / "artifacts").mkdir()
     py = tmp_path / "fake-python"
@@ -32,7 +33,8 @@ def repo(tmp_path) -> Path:
 
 def run_script(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     base = {k: v for k, v in os.environ.items()
-            if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE")}
+            if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE",
+                         "JOBS", "DEST", "BASE", "QUALITIES")}
     calls = repo / "calls.txt"
     calls.unlink(missing_ok=True)
     r = subprocess.run(["bash", *args], cwd=repo, capture_output=True, text=True,
@@ -122,6 +124,41 @@ def test_device_settle_says_so_when_the_folder_holds_no_model(repo):
     r, calls = run_script(repo, "tools/device_settle.sh", str(repo / "empty"))
     assert r.returncode == 1 and calls == []
     assert r.stderr.strip().splitlines() == [f"device_settle: no bmshj2018-factorized-q*.pth.tar in {repo / 'empty'}"]
+
+
+def test_train_family_fine_tunes_the_other_qualities_from_quality_3_then_cards_the_family(repo):
+    r, calls = run_script(repo, "tools/train_family.sh", "2000")
+    assert r.returncode == 0, r.stderr
+    runs = trains(calls)
+    assert [option(c, "--quality") for c in runs] == ["1", "1", "2", "2", "4", "4", "5", "5"]
+    first, anneal = runs[:2]
+    assert option(first, "--init") == "artifacts/bmshj2018-factorized-q3.pth.tar" and option(first, "--lr") is None
+    assert option(first, "--lr-patience") is None and option(anneal, "--lr-patience") is None
+    assert option(first, "-o") == option(anneal, "-o") == f"runs/family/q1-from-q3-step{STEP}.train.pth.tar"
+    assert (option(anneal, "--steps"), option(anneal, "--lr"), option(anneal, "--init")) == ("2200", "1e-5", None)
+    assert not any("--compile" in c for c in runs)
+    exports = [c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"]]
+    assert [c[-1] for c in exports] == [f"artifacts/bmshj2018-factorized-q{q}.pth.tar" for q in (1, 2, 4, 5)]
+    assert calls[-1][0] == "tools/baseline_card.py" and calls[-1][-2:] == ["--data", "../shared/data/kodak"]
+
+
+def test_train_family_dest_seeds_from_its_own_quality_3_and_compile_reaches_every_run(repo):
+    dest = repo / "artifacts" / "in-training"
+    dest.mkdir()
+    for q in (3, 5):
+        (dest / f"bmshj2018-factorized-q{q}.pth.tar").write_bytes(b"")
+    r, calls = run_script(repo, "tools/train_family.sh", "100", DEST="artifacts/in-training", COMPILE="1",
+                          QUALITIES="5", ANNEAL="0", PRECISION="bf16", LR="5e-5", LR_PATIENCE="12")
+    assert r.returncode == 0, r.stderr
+    (run,) = trains(calls)
+    assert (option(run, "--lr"), option(run, "--lr-patience")) == ("5e-5", "12")
+    assert option(run, "--init") == "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
+    assert "--compile" in run and option(run, "--precision") == "bf16"
+    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    assert export[-1] == "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"
+    # the card covers the whole family in DEST, quality 3 included
+    assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",
+                         "artifacts/in-training/bmshj2018-factorized-q5.pth.tar", "--data", "../shared/data/kodak"]
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tools").glob("*.sh")) + ["../.ci/run"])

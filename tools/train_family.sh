@@ -8,7 +8,11 @@
 #                                           # runs/family/*, a newer baseline starts afresh
 #   ANNEAL=200 ANNEAL_LR=1e-5               # the final low-learning-rate steps (0: none); see docs/TRAINING.md
 #   JOBS=2 THREADS=1                        # qualities trained side by side (logs in runs/family/q*.log)
-#   PRECISION=bf16                          # deepcomp train --precision (docs/TRAINING.md)
+#   PRECISION=bf16 COMPILE=1                # deepcomp train --precision, --compile (docs/TRAINING.md)
+#   LR=5e-5 LR_PATIENCE=12                  # the first phase's --lr (default: 1e-4 for a new run, a resumed run's own rate)
+#                                           # and --lr-patience; with a larger STEPS, continues the runs in runs/family/
+#   DEST=artifacts/in-training              # where the models and cards go (default artifacts/, the shipped family);
+#                                           # the quality-3 seed is DEST's quality 3 unless BASE= names another
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
@@ -17,7 +21,8 @@ STEPS=${1:-600}
 ANNEAL=${ANNEAL:-200}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 JOBS=${JOBS:-1}
-BASE=${BASE:-artifacts/bmshj2018-factorized-q3.pth.tar}
+DEST=${DEST:-artifacts}
+BASE=${BASE:-$DEST/bmshj2018-factorized-q3.pth.tar}
 PY=${PY:-python}
 mkdir -p runs/family
 BASE_STEP=$("$PY" tools/checkpoint_step.py "$BASE")
@@ -25,11 +30,13 @@ BASE_STEP=$("$PY" tools/checkpoint_step.py "$BASE")
 fine_tune() {
   local q=$1 run="runs/family/q$1-from-q3-step$BASE_STEP.train.pth.tar"
   local common=(--quality "$q" -o "$run" --batch-size 8 --patch-size 128 --val-every 200 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
-  "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --steps "$STEPS"
+  if [ "${COMPILE:-0}" = 1 ]; then common+=(--compile); fi
+  "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --steps "$STEPS" ${LR:+--lr $LR} \
+    ${LR_PATIENCE:+--lr-patience $LR_PATIENCE}
   if [ "$ANNEAL" -gt 0 ]; then
     "$PY" -m deepcomp.cli train "${common[@]}" --steps $((STEPS + ANNEAL)) --lr "$ANNEAL_LR"
   fi
-  "$PY" -m deepcomp.cli export "$run" -o "artifacts/bmshj2018-factorized-q$q.pth.tar"
+  "$PY" -m deepcomp.cli export "$run" -o "$DEST/bmshj2018-factorized-q$q.pth.tar"
 }
 
 running=()
@@ -46,4 +53,4 @@ for q in ${QUALITIES:-1 2 4 5}; do
   fi
 done
 for pid in "${running[@]}"; do wait "$pid"; done
-"$PY" tools/baseline_card.py artifacts/bmshj2018-factorized-q[1-5].pth.tar --data ../shared/data/kodak
+"$PY" tools/baseline_card.py "$DEST"/bmshj2018-factorized-q[1-5].pth.tar --data ../shared/data/kodak

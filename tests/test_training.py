@@ -235,6 +235,7 @@ def test_bf16_training_runs_and_records_its_precision(photos, tmp_path):
     h = ck["train_state"]["history"][-1]
     assert h["val_loss"] == h["val_loss"] and 0 < h["val_bpp"] < 24  # finite, a plausible rate
 
+
 def test_compiled_transforms_train_the_same_model_as_eager_ones(photos, tmp_path):
     runs, logs = {}, []
     for compiled in (False, True):

@@ -46,8 +46,13 @@ def option(call: list[str], name: str) -> str | None:
     return call[call.index(name) + 1] if name in call else None
 
 
+def cli(calls: list[list[str]], command: str) -> list[list[str]]:
+    """The recorded `python -m deepcomp.cli COMMAND ...` calls, in order."""
+    return [c for c in calls if c[:3] == ["-m", "deepcomp.cli", command]]
+
+
 def trains(calls: list[list[str]]) -> list[list[str]]:
-    return [c for c in calls if c[:3] == ["-m", "deepcomp.cli", "train"]]
+    return cli(calls, "train")
 
 
 def test_a_fresh_run_resumes_the_shipped_baseline_at_1e4_then_anneals_exports_and_cards(repo):
@@ -60,7 +65,7 @@ def test_a_fresh_run_resumes_the_shipped_baseline_at_1e4_then_anneals_exports_an
     assert option(run, "--lr-patience") is None and option(run, "--minutes") is None and "--compile" not in run
     assert option(anneal, "--resume") == "runs/q3long/q3.train.pth.tar"
     assert (option(anneal, "--steps"), option(anneal, "--lr")) == (str(STEP + 300), "1e-5")
-    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    export = cli(calls, "export")[0]
     assert export[3:] == ["runs/q3long/q3-annealed.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"]
     assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",
                          "--data", "../shared/data/kodak"]
@@ -94,7 +99,7 @@ def test_anneal_0_exports_the_run_itself_and_quality_names_the_paths(repo):
     assert r.returncode == 0, r.stderr
     (run,) = trains(calls)
     assert option(run, "--quality") == "5" and option(run, "-o") == "runs/q5long/q5.train.pth.tar"
-    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    export = cli(calls, "export")[0]
     assert export[3:] == ["runs/q5long/q5.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"]
 
 
@@ -137,7 +142,7 @@ def test_train_family_fine_tunes_the_other_qualities_from_quality_3_then_cards_t
     assert option(first, "-o") == option(anneal, "-o") == f"runs/family/q1-from-q3-step{STEP}.train.pth.tar"
     assert (option(anneal, "--steps"), option(anneal, "--lr"), option(anneal, "--init")) == ("2200", "1e-5", None)
     assert not any("--compile" in c for c in runs)
-    exports = [c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"]]
+    exports = cli(calls, "export")
     assert [c[-1] for c in exports] == [f"artifacts/bmshj2018-factorized-q{q}.pth.tar" for q in (1, 2, 4, 5)]
     assert calls[-1][0] == "tools/baseline_card.py" and calls[-1][-2:] == ["--data", "../shared/data/kodak"]
 
@@ -154,7 +159,7 @@ def test_train_family_dest_seeds_from_its_own_quality_3_and_compile_reaches_ever
     assert (option(run, "--lr"), option(run, "--lr-patience")) == ("5e-5", "12")
     assert option(run, "--init") == "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
     assert "--compile" in run and option(run, "--precision") == "bf16"
-    export = next(c for c in calls if c[:3] == ["-m", "deepcomp.cli", "export"])
+    export = cli(calls, "export")[0]
     assert export[-1] == "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"
     # the card covers the whole family in DEST, quality 3 included
     assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",

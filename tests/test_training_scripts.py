@@ -1,5 +1,5 @@
 """The shell wrappers over `deepcomp train`/`export` (tools/continue_baseline.sh, tools/device_settle.sh,
-tools/train_family.sh): which
+tools/train_family.sh, tools/train_hyperprior.sh): which
 commands they run, checked with a stand-in `python` (PY=) that records its arguments in a copy of the repository."""
 
 import os
@@ -22,7 +22,7 @@ if [ "$1" = tools/checkpoint_step.py ]; then echo {STEP}; fi
 def repo(tmp_path) -> Path:
     """A bare copy of the repository's layout: the scripts under test and a stand-in python."""
     (tmp_path / "tools").mkdir()
-    for name in ("continue_baseline.sh", "device_settle.sh", "train_family.sh"):
+    for name in ("continue_baseline.sh", "device_settle.sh", "train_family.sh", "train_hyperprior.sh"):
         shutil.copy(ROOT / "tools" / name, tmp_path / "tools" / name)
     (tmp_path / "artifacts").mkdir()
     py = tmp_path / "fake-python"
@@ -34,7 +34,7 @@ def repo(tmp_path) -> Path:
 def run_script(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     base = {k: v for k, v in os.environ.items()
             if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE",
-                         "JOBS", "DEST", "BASE", "QUALITIES")}
+                         "JOBS", "DEST", "BASE", "QUALITIES", "PATCH", "RUNDIR", "START")}
     calls = repo / "calls.txt"
     calls.unlink(missing_ok=True)
     r = subprocess.run(["bash", *args], cwd=repo, capture_output=True, text=True,
@@ -63,6 +63,7 @@ def test_a_fresh_run_resumes_the_shipped_baseline_at_1e4_then_anneals_exports_an
     assert option(run, "-o") == "runs/q3long/q3.train.pth.tar"
     assert (option(run, "--lr"), option(run, "--steps"), option(run, "--quality")) == ("1e-4", "5000", "3")
     assert option(run, "--lr-patience") is None and option(run, "--minutes") is None and "--compile" not in run
+    assert option(run, "--patch-size") == "128"
     assert option(anneal, "--resume") == "runs/q3long/q3.train.pth.tar"
     assert (option(anneal, "--steps"), option(anneal, "--lr")) == (str(STEP + 300), "1e-5")
     export = cli(calls, "export")[0]
@@ -101,6 +102,25 @@ def test_anneal_0_exports_the_run_itself_and_quality_names_the_paths(repo):
     assert option(run, "--quality") == "5" and option(run, "-o") == "runs/q5long/q5.train.pth.tar"
     export = cli(calls, "export")[0]
     assert export[3:] == ["runs/q5long/q5.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"]
+
+
+def test_a_branch_trains_its_own_crops_in_its_own_folder_from_start(repo):
+    seed = "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
+    branch = dict(PATCH="256", RUNDIR="runs/q3p256", DEST="runs/q3p256/model", START=seed)
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000", **branch)
+    assert r.returncode == 1 and "START" in r.stderr and calls == []  # a missing START is an error, not the shipped model
+
+    (repo / "artifacts" / "in-training").mkdir()
+    (repo / seed).write_bytes(b"")
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000", **branch)
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert option(run, "--resume") == seed and option(run, "-o") == "runs/q3p256/q3.train.pth.tar"
+    assert option(run, "--patch-size") == option(anneal, "--patch-size") == "256"
+    assert option(anneal, "-o") == "runs/q3p256/q3-annealed.train.pth.tar"
+    export = cli(calls, "export")[0]
+    assert export[3:] == ["runs/q3p256/q3-annealed.train.pth.tar", "-o", "runs/q3p256/model/bmshj2018-factorized-q3.pth.tar"]
+    assert calls[-1][:2] == ["tools/baseline_card.py", "runs/q3p256/model/bmshj2018-factorized-q3.pth.tar"]
 
 
 def test_continue_baseline_needs_a_step_count(repo):
@@ -164,6 +184,35 @@ def test_train_family_dest_seeds_from_its_own_quality_3_and_compile_reaches_ever
     # the card covers the whole family in DEST, quality 3 included
     assert calls[-1] == ["tools/baseline_card.py", "artifacts/in-training/bmshj2018-factorized-q3.pth.tar",
                          "artifacts/in-training/bmshj2018-factorized-q5.pth.tar", "--data", "../shared/data/kodak"]
+
+
+def test_train_hyperprior_seeds_from_the_factorized_quality_3_then_anneals_exports_and_cards(repo):
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP))
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert option(run, "--arch") == "bmshj2018-hyperprior" and "--init-matching" in run
+    assert option(run, "--init") == "artifacts/bmshj2018-factorized-q3.pth.tar"
+    assert option(run, "-o") == option(anneal, "-o") == f"runs/hyperprior/q3-from-factorized-step{STEP}.train.pth.tar"
+    assert (option(anneal, "--steps"), option(anneal, "--lr")) == (str(STEP + 300), "1e-5")
+    assert not any("--compile" in c or "--precision" in c for c in (run, anneal))
+    assert cli(calls, "export")[0][-1] == "artifacts/bmshj2018-hyperprior-q3.pth.tar"
+    assert calls[-1] == ["tools/baseline_card.py", "artifacts/bmshj2018-hyperprior-q3.pth.tar", "--data", "../shared/data/kodak"]
+
+    # a run stopped by MINUTES short of STEPS says so and exports nothing (a rerun continues it)
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP + 1), MINUTES="5")
+    assert r.returncode == 0 and "rerun to continue" in r.stderr
+    assert len(trains(calls)) == 1 and cli(calls, "export") == [] and option(trains(calls)[0], "--minutes") == "5"
+
+
+def test_train_hyperprior_dest_seeds_from_its_own_factorized_model_with_precision_and_compile(repo):
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP), DEST="artifacts/in-training", PRECISION="bf16",
+                          COMPILE="1")
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert option(run, "--init") == "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
+    assert all("--compile" in c and option(c, "--precision") == "bf16" for c in (run, anneal))
+    assert cli(calls, "export")[0][-1] == "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"
+    assert calls[-1][1] == "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tools").glob("*.sh")) + ["../.ci/run"])

@@ -64,10 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             model = copy.deepcopy(base)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
-            if compiled:
+            if compiled:  # as train() does; train_steps, timed here, does not compile itself
                 zoo.compile_transforms(model)
             cfg = TrainConfig(quality=args.quality, batch_size=args.batch_size, patch_size=args.patch_size, lr=1e-5,
-                              precision=precision, compile=compiled, steps=0)
+                              precision=precision, steps=0)
             runs[name] = [model, cfg, {}, CropSampler(files, args.patch_size, seed=0)]
     except DeepCompError as e:
         print(f"bench_training: {e}", file=sys.stderr)

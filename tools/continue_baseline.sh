@@ -17,6 +17,10 @@
 #   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate (default: the rate the run in runs/qQlong/
 #                                                   # had reached; 1e-4 for a fresh run), and validations without
 #                                                   # improvement before it halves (deepcomp train --lr-patience)
+#   PATCH=256                                       # crop size (default 128; batch 8 either way)
+#   RUNDIR=runs/q3p256 DEST=runs/q3p256/model       # a branch beside the main run: its own run folder and export
+#   START=artifacts/in-training/bmshj2018-factorized-q3.pth.tar   # what a fresh run resumes (default: DEST's model,
+#                                                   # else the shipped one)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay); Kodak is only
 # evaluated, for the card.
@@ -27,14 +31,19 @@ ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 PY=${PY:-python}
 Q=${QUALITY:-3}
-RUN=runs/q${Q}long/q$Q.train.pth.tar
-ANNEALED=runs/q${Q}long/q$Q-annealed.train.pth.tar
-OUT=artifacts/in-training/bmshj2018-factorized-q$Q.pth.tar
-START=$OUT
-[ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
-common=(--quality "$Q" --batch-size 8 --patch-size 128 ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
+RUNDIR=${RUNDIR:-runs/q${Q}long}
+RUN=$RUNDIR/q$Q.train.pth.tar
+ANNEALED=$RUNDIR/q$Q-annealed.train.pth.tar
+OUT=${DEST:-artifacts/in-training}/bmshj2018-factorized-q$Q.pth.tar
+if [ -n "${START:-}" ]; then
+  [ -f "$START" ] || { echo "continue_baseline.sh: START=$START: no such file" >&2; exit 1; }
+else
+  START=$OUT
+  [ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
+fi
+common=(--quality "$Q" --batch-size 8 --patch-size "${PATCH:-128}" ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
 if [ "${COMPILE:-0}" = 1 ]; then common+=(--compile); fi
-mkdir -p "runs/q${Q}long" "$(dirname "$OUT")"
+mkdir -p "$RUNDIR" "$(dirname "$OUT")"
 
 # the training phase: the run in runs/qQlong/ continues itself at the rate its plateau rule had reached (LR= sets
 # another); a fresh one resumes START (which ends at 1e-5) at LR, default 1e-4

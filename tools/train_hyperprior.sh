@@ -9,7 +9,10 @@
 #                                                # in runs/hyperprior/, a newer factorized baseline starts afresh
 #   MINUTES=50                                   # stop the 1e-4 phase after 50 minutes (a rerun continues it)
 #   SCRATCH_LR=1e-3 ANNEAL=300 ANNEAL_LR=1e-5 THREADS=1
-#   BASE=artifacts/bmshj2018-factorized-q3.pth.tar     # the factorized model whose transforms seed it
+#   PRECISION=bf16 COMPILE=1                     # deepcomp train --precision, --compile (docs/TRAINING.md)
+#   DEST=artifacts/in-training                   # where the model and its card go (default artifacts/, the shipped one)
+#   BASE=artifacts/bmshj2018-factorized-q3.pth.tar     # the factorized model whose transforms seed it (default: DEST's
+#                                                # factorized quality 3)
 #
 # Training sees only ../shared/data/train (a validation split of it decides the learning-rate decay).
 set -euo pipefail
@@ -19,10 +22,13 @@ ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 SCRATCH_LR=${SCRATCH_LR:-1e-3}
 PY=${PY:-python}
-BASE=${BASE:-artifacts/bmshj2018-factorized-q3.pth.tar}
+DEST=${DEST:-artifacts}
+BASE=${BASE:-$DEST/bmshj2018-factorized-q3.pth.tar}
 RUN=runs/hyperprior/q3-from-factorized-step$("$PY" tools/checkpoint_step.py "$BASE").train.pth.tar
-OUT=artifacts/bmshj2018-hyperprior-q3.pth.tar
-common=(--arch bmshj2018-hyperprior --quality 3 -o "$RUN" --batch-size 8 --patch-size 128 --val-every 250 ${THREADS:+--threads $THREADS})
+OUT=$DEST/bmshj2018-hyperprior-q3.pth.tar
+common=(--arch bmshj2018-hyperprior --quality 3 -o "$RUN" --batch-size 8 --patch-size 128 --val-every 250 ${THREADS:+--threads $THREADS}
+  ${PRECISION:+--precision $PRECISION})
+if [ "${COMPILE:-0}" = 1 ]; then common+=(--compile); fi
 mkdir -p runs/hyperprior
 "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --init-matching \
   --scratch-lr "$SCRATCH_LR" --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -37,10 +38,11 @@ def rates(model: torch.nn.Module, rgb) -> tuple[float, float, int]:
 
 
 def measure(path: str, images, quiet: bool = False) -> dict:
+    """One model's likelihood and real bpp over ``images`` (pixels weighted), and their ratio."""
     model, _ = evaluation.open_model(path)
     model.eval()
     lik = real = pixels = 0
-    for p in tqdm(images, desc=path.rsplit("/", 1)[-1], unit="img", leave=False, disable=quiet):
+    for p in tqdm(images, desc=Path(path).name, unit="img", leave=False, disable=quiet):
         a, b, n = rates(model, read_rgb(p))
         lik, real, pixels = lik + a, real + b, pixels + n
     return {"model": path, "images": len(images), "likelihood_bpp": lik / pixels, "real_bpp": real / pixels,

@@ -110,11 +110,15 @@ def validation_crops(files: list[Path], patch: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- loss
+def likelihood_bits(out: dict) -> torch.Tensor:
+    """The rate a CompressAI ``forward()`` output promises, in bits: ``-log2`` of all its likelihoods, summed."""
+    return sum(torch.log(l).sum() for l in out["likelihoods"].values()) / -math.log(2)
+
+
 def rd_loss(out: dict, x: torch.Tensor, lmbda: float) -> dict:
     """CompressAI's RateDistortionLoss (MSE): lambda * 255^2 * mse + bpp."""
     n, _, h, w = x.shape
-    num_pixels = n * h * w
-    bpp = sum(torch.log(l).sum() for l in out["likelihoods"].values()) / (-math.log(2) * num_pixels)
+    bpp = likelihood_bits(out) / (n * h * w)
     mse = torch.mean((out["x_hat"] - x) ** 2)
     return {"loss": lmbda * 255**2 * mse + bpp, "bpp": bpp, "mse": mse}
 
@@ -278,6 +282,7 @@ def train_steps(
                 "train_psnr": psnr_from_mse(run["mse"] / max(run["n"], 1)),
                 "val_loss": v["loss"], "val_bpp": v["bpp"], "val_psnr": v["psnr"],
                 "lr": opt.param_groups[0]["lr"], "seconds": time.time() - t0 + state.get("seconds", 0.0),
+                "patch": cfg.patch_size,  # a resumed run may change its crop size; the model card lists the phases
             }
             state["history"].append(entry)
             log(

@@ -25,15 +25,25 @@ def random_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
+def _copied(tmp_path_factory, source: Path, names: tuple[str, ...], what: str) -> Path:
+    if not source.is_dir():
+        pytest.skip(f"{what} not found at {source}")
+    folder = tmp_path_factory.mktemp(what.split()[0])
+    for name in names:
+        shutil.copy(source / name, folder / name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def kodak_two(tmp_path_factory) -> Path:
     """Two real Kodak images (evaluation only) in a folder of their own."""
-    if not KODAK.is_dir():
-        pytest.skip(f"Kodak not found at {KODAK}")
-    folder = tmp_path_factory.mktemp("kodak2")
-    for name in ("kodim01.png", "kodim23.png"):
-        shutil.copy(KODAK / name, folder / name)
-    return folder
+    return _copied(tmp_path_factory, KODAK, ("kodim01.png", "kodim23.png"), "Kodak")
+
+
+@pytest.fixture(scope="session")
+def train_two(tmp_path_factory) -> Path:
+    """Two real training photos in a folder of their own; at val_fraction 0.5 the second is the validation split."""
+    return _copied(tmp_path_factory, TRAIN, ("001.png", "002.png"), "training photos")
 
 
 @pytest.fixture

@@ -34,3 +34,15 @@ def test_published_curves_per_architecture(tool):
     assert abs(bd) < 0.5 and abs(bdp) < 0.02
     assert tool.family_vs_published("bmshj2018-hyperprior", cards[:3]) == (None, None)
     assert tool.family_vs_published("bmshj2018-factorized", cards) == (None, None)
+
+
+def test_crop_size_phases_from_the_validation_history(tool):
+    # a run resumed on larger crops; its first entries predate the recording and count as the configured size
+    history = [{"step": 250}, {"step": 500}] + [{"step": s, "patch": 256} for s in (750, 1000)]
+    pieces = tool.crop_schedule(history, 128)
+    assert pieces == [[128, 500], [256, 1000]]
+    f = {"steps": 1000, "batch_size": 8, "patch_size": 256, "crop_schedule": pieces}
+    assert tool.steps_text(f) == "1000 (batch 8; 128x128 crops to step 500, then 256x256 crops to step 1000)"
+    one = {**f, "crop_schedule": tool.crop_schedule(history[2:], 128)}
+    assert tool.steps_text(one) == "1000 (batch 8, 256x256 crops)"
+    assert tool.steps_text({**f, "crop_schedule": []}) == "1000 (batch 8, 256x256 crops)"

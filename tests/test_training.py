@@ -38,9 +38,11 @@ def test_train_resume_export(photos, tmp_path):
     training.train(cfg(2), photos, out, progress=False, log=logs.append)
     first = torch.load(out, weights_only=True)
     assert first["train_state"]["step"] == 2 and len(first["train_state"]["history"]) == 1
-    training.train(cfg(4), photos, out, progress=False, log=logs.append)
+    training.train(dataclasses.replace(cfg(4), patch_size=32), photos, out, progress=False, log=logs.append)
     second = torch.load(out, weights_only=True)
     assert second["train_state"]["step"] == 4 and any("resuming" in line for line in logs)
+    # each validation records the crop size it trained on (a resumed run may change it; the model card says so)
+    assert [h["patch"] for h in second["train_state"]["history"]] == [64, 32]
     assert not torch.equal(first["state_dict"]["g_a.0.weight"], second["state_dict"]["g_a.0.weight"])
 
     # the exported baseline loads in CompressAI unchanged and carries the run's state

@@ -34,7 +34,8 @@ def repo(tmp_path) -> Path:
 def run_script(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     base = {k: v for k, v in os.environ.items()
             if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE",
-                         "JOBS", "DEST", "BASE", "QUALITIES", "PATCH", "RUNDIR", "START")}
+                         "JOBS", "DEST", "BASE", "QUALITIES", "PATCH", "RUNDIR", "START", "LARGE_STEPS",
+                         "LARGE_PATCH")}
     calls = repo / "calls.txt"
     calls.unlink(missing_ok=True)
     r = subprocess.run(["bash", *args], cwd=repo, capture_output=True, text=True,
@@ -187,7 +188,7 @@ def test_train_family_dest_seeds_from_its_own_quality_3_and_compile_reaches_ever
 
 
 def test_train_hyperprior_seeds_from_the_factorized_quality_3_then_anneals_exports_and_cards(repo):
-    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP))
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP), LARGE_STEPS="0")
     assert r.returncode == 0, r.stderr
     run, anneal = trains(calls)
     assert option(run, "--arch") == "bmshj2018-hyperprior" and "--init-matching" in run
@@ -199,20 +200,43 @@ def test_train_hyperprior_seeds_from_the_factorized_quality_3_then_anneals_expor
     assert calls[-1] == ["tools/baseline_card.py", "artifacts/bmshj2018-hyperprior-q3.pth.tar", "--data", "../shared/data/kodak"]
 
     # a run stopped by MINUTES short of STEPS says so and exports nothing (a rerun continues it)
-    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP + 1), MINUTES="5")
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP + 1), MINUTES="5", LARGE_STEPS="0")
     assert r.returncode == 0 and "rerun to continue" in r.stderr
     assert len(trains(calls)) == 1 and cli(calls, "export") == [] and option(trains(calls)[0], "--minutes") == "5"
 
 
 def test_train_hyperprior_dest_seeds_from_its_own_factorized_model_with_precision_and_compile(repo):
     r, calls = run_script(repo, "tools/train_hyperprior.sh", str(STEP), DEST="artifacts/in-training", PRECISION="bf16",
-                          COMPILE="1")
+                          COMPILE="1", LARGE_STEPS="0")
     assert r.returncode == 0, r.stderr
     run, anneal = trains(calls)
     assert option(run, "--init") == "artifacts/in-training/bmshj2018-factorized-q3.pth.tar"
     assert all("--compile" in c and option(c, "--precision") == "bf16" for c in (run, anneal))
     assert cli(calls, "export")[0][-1] == "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"
     assert calls[-1][1] == "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"
+
+
+def test_train_hyperprior_goes_on_to_larger_crops_in_a_run_of_its_own_then_anneals_and_exports_that(repo):
+    # the stand-in says every checkpoint is at STEP: 400 + 100 (anneal) + 500 larger-crop steps end there
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", "400", ANNEAL="100", LARGE_STEPS="500", COMPILE="1", THREADS="1")
+    assert r.returncode == 0, r.stderr
+    run, anneal, large, large_anneal = trains(calls)
+    small = f"runs/hyperprior/q3-from-factorized-step{STEP}.train.pth.tar"
+    big = f"runs/hyperprior/q3-from-factorized-step{STEP}-p256.train.pth.tar"
+    assert option(run, "-o") == option(anneal, "-o") == small and option(run, "--patch-size") == "128"
+    assert (option(large, "--resume"), option(large, "-o"), option(large, "--patch-size")) == (small, big, "256")
+    assert (option(large, "--steps"), option(large, "--lr")) == (str(STEP), "1e-4") and "--init" not in large
+    assert (option(large_anneal, "-o"), option(large_anneal, "--patch-size")) == (big, "256")
+    assert (option(large_anneal, "--steps"), option(large_anneal, "--lr")) == (str(STEP + 100), "1e-5")
+    assert all("--compile" in c and option(c, "--threads") == "1" for c in (large, large_anneal))
+    assert cli(calls, "export")[0][-3:] == [big, "-o", "artifacts/bmshj2018-hyperprior-q3.pth.tar"]
+
+    # stopped by MINUTES in the larger-crop phase: it says so, exports nothing, LARGE_PATCH names the run
+    r, calls = run_script(repo, "tools/train_hyperprior.sh", "400", ANNEAL="100", LARGE_STEPS="501", LARGE_PATCH="192",
+                          MINUTES="5")
+    assert r.returncode == 0 and "on 192x192 crops (time limit); rerun to continue" in r.stderr
+    assert option(trains(calls)[-1], "-o").endswith("-p192.train.pth.tar") and option(trains(calls)[-1], "--minutes") == "5"
+    assert cli(calls, "export") == []
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "tools").glob("*.sh")) + ["../.ci/run"])

@@ -55,6 +55,27 @@ def lr_schedule(history: list[dict]) -> list[list]:
     return pieces
 
 
+def crop_schedule(history: list[dict], patch: int | None) -> list[list]:
+    """The crop sizes a run trained on, as ``[size, last step]`` pieces; entries from before sizes were recorded
+    count as ``patch`` (the run's configured size)."""
+    pieces: list[list] = []
+    for h in history:
+        size = h.get("patch", patch)
+        if pieces and pieces[-1][0] == size:
+            pieces[-1][1] = h["step"]
+        else:
+            pieces.append([size, h["step"]])
+    return pieces
+
+
+def steps_text(f: dict) -> str:
+    pieces = f.get("crop_schedule") or [[f["patch_size"], f["steps"]]]
+    if len(pieces) < 2:
+        return f"{f['steps']} (batch {f['batch_size']}, {pieces[0][0]}x{pieces[0][0]} crops)"
+    crops = ", then ".join(f"{size}x{size} crops to step {step}" for size, step in pieces)
+    return f"{f['steps']} (batch {f['batch_size']}; {crops})"
+
+
 def schedule_text(f: dict) -> str:
     pieces = f.get("learning_rate_schedule") or []
     if len(pieces) < 2:
@@ -88,6 +109,7 @@ def card(path: Path, data: Path, out_dir: Path) -> dict:
         "learning_rate": cfg.get("lr"),
         "final_learning_rate": history[-1]["lr"] if history else None,
         "learning_rate_schedule": lr_schedule(history),
+        "crop_schedule": crop_schedule(history, cfg.get("patch_size")),
         "device": ckpt.get("device"),
         "training_seconds": state.get("seconds"),
         "init": state.get("init"),
@@ -115,7 +137,7 @@ def markdown(f: dict, command: str, family_bd: float | None) -> str:
         "",
         "| | |",
         "|---|---|",
-        f"| steps | {f['steps']} (batch {f['batch_size']}, {f['patch_size']}x{f['patch_size']} crops) |",
+        f"| steps | {steps_text(f)} |",
     ]
     init = f.get("init")
     if init:

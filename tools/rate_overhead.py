@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from deepcomp import evaluation
+from deepcomp import evaluation, training
 from deepcomp.errors import DeepCompError
 from deepcomp.images import read_rgb, to_tensor
 
@@ -32,9 +32,8 @@ def rates(model: torch.nn.Module, rgb) -> tuple[float, float, int]:
     h, w = x.shape[-2:]
     x_padded, _ = evaluation.pad_image(x)
     out = model(x_padded)
-    likelihood_bits = sum(float(-torch.log2(lk).sum()) for lk in out["likelihoods"].values())
     real_bits = 8 * evaluation.string_bytes(model.compress(x_padded)["strings"])
-    return likelihood_bits, real_bits, h * w
+    return float(training.likelihood_bits(out)), real_bits, h * w
 
 
 def measure(path: str, images, quiet: bool = False) -> dict:

@@ -34,14 +34,18 @@ shared=(--arch bmshj2018-hyperprior --quality 3 --batch-size 8 --val-every 250 $
   ${PRECISION:+--precision $PRECISION})
 if [ "${COMPILE:-0}" = 1 ]; then shared+=(--compile); fi
 common=(-o "$RUN" --patch-size 128 "${shared[@]}")
+reached() {  # reached RUN STEPS [WHAT]: a run a time limit stopped short says so and ends the script (a rerun goes on)
+  local step
+  step=$("$PY" tools/checkpoint_step.py "$1")
+  if [ "$step" -lt "$2" ]; then
+    echo "tools/train_hyperprior.sh: stopped at step $step of $2${3:+ on $3} (time limit); rerun to continue" >&2
+    exit 0
+  fi
+}
 mkdir -p runs/hyperprior
 "$PY" -m deepcomp.cli train "${common[@]}" --init "$BASE" --init-matching \
   --scratch-lr "$SCRATCH_LR" --steps "$STEPS" ${MINUTES:+--minutes $MINUTES}
-step=$("$PY" tools/checkpoint_step.py "$RUN")
-if [ "$step" -lt "$STEPS" ]; then
-  echo "tools/train_hyperprior.sh: stopped at step $step of $STEPS (time limit); rerun to continue" >&2
-  exit 0
-fi
+reached "$RUN" "$STEPS"
 if [ "$ANNEAL" -gt 0 ]; then
   "$PY" -m deepcomp.cli train "${common[@]}" --steps $((STEPS + ANNEAL)) --lr "$ANNEAL_LR"
 fi
@@ -54,11 +58,7 @@ if [ "$LARGE_STEPS" -gt 0 ]; then
   end=$((STEPS + ANNEAL + LARGE_STEPS))
   large=(-o "$EXPORT" --patch-size "$LARGE_PATCH" "${shared[@]}")
   "$PY" -m deepcomp.cli train "${large[@]}" --resume "$RUN" --steps "$end" --lr 1e-4 ${MINUTES:+--minutes $MINUTES}
-  step=$("$PY" tools/checkpoint_step.py "$EXPORT")
-  if [ "$step" -lt "$end" ]; then
-    echo "tools/train_hyperprior.sh: stopped at step $step of $end on ${LARGE_PATCH}x$LARGE_PATCH crops (time limit); rerun to continue" >&2
-    exit 0
-  fi
+  reached "$EXPORT" "$end" "${LARGE_PATCH}x$LARGE_PATCH crops"
   if [ "$ANNEAL" -gt 0 ]; then
     "$PY" -m deepcomp.cli train "${large[@]}" --steps $((end + ANNEAL)) --lr "$ANNEAL_LR"
   fi

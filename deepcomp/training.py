@@ -104,6 +104,8 @@ def validation_crops(files: list[Path], patch: int) -> torch.Tensor:
     for f in files:
         im = read_rgb(f)
         h, w = im.shape[:2]
+        if min(h, w) < patch:
+            raise DeepCompError(f"validation photo {f} is smaller than the {patch}px crop")
         for y, x in ((0, 0), (0, w - patch), (h - patch, 0), (h - patch, w - patch), ((h - patch) // 2, (w - patch) // 2)):
             crops.append(im[y : y + patch, x : x + patch])
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().div_(255.0)

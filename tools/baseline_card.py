@@ -44,28 +44,27 @@ def published_gap(arch: str, bpp: float, psnr: float) -> dict:
     return out
 
 
-def lr_schedule(history: list[dict]) -> list[list]:
-    """The learning rates a run trained at, as ``[lr, last step]`` pieces, from its validation history."""
+def step_pieces(history: list[dict], value) -> list[list]:
+    """Consecutive validations with the same ``value(entry)``, as ``[value, last step]`` pieces."""
     pieces: list[list] = []
     for h in history:
-        if pieces and pieces[-1][0] == h["lr"]:
+        v = value(h)
+        if pieces and pieces[-1][0] == v:
             pieces[-1][1] = h["step"]
         else:
-            pieces.append([h["lr"], h["step"]])
+            pieces.append([v, h["step"]])
     return pieces
+
+
+def lr_schedule(history: list[dict]) -> list[list]:
+    """The learning rates a run trained at, as ``[lr, last step]`` pieces, from its validation history."""
+    return step_pieces(history, lambda h: h["lr"])
 
 
 def crop_schedule(history: list[dict], patch: int | None) -> list[list]:
     """The crop sizes a run trained on, as ``[size, last step]`` pieces; entries from before sizes were recorded
     count as ``patch`` (the run's configured size)."""
-    pieces: list[list] = []
-    for h in history:
-        size = h.get("patch", patch)
-        if pieces and pieces[-1][0] == size:
-            pieces[-1][1] = h["step"]
-        else:
-            pieces.append([size, h["step"]])
-    return pieces
+    return step_pieces(history, lambda h: h.get("patch", patch))
 
 
 def steps_text(f: dict) -> str:

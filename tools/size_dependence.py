@@ -50,9 +50,6 @@ def images_at(files: list[Path], size: str | int) -> list[torch.Tensor]:
             h, w = x.shape[-2:]
             out.append(x[..., : h // 64 * 64, : w // 64 * 64])
         return out
-    small = [f for f in files if min(read_rgb(f).shape[:2]) < size]
-    if small:
-        raise DeepCompError(f"validation photo {small[0]} is smaller than the {size}px crop")
     return list(training.validation_crops(files, size).split(1))
 
 

@@ -130,19 +130,23 @@ def psnr_from_mse(mse: float) -> float:
 
 
 @torch.no_grad()
-def evaluate_rd(model: nn.Module, crops: torch.Tensor, lmbda: float, batch: int = 8) -> dict:
-    """Mean RD loss, bpp (likelihood estimate) and PSNR over fixed crops, eval mode."""
+def evaluate_rd(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], lmbda: float, batch: int = 8) -> dict:
+    """Mean RD loss, bpp (likelihood estimate) and PSNR, eval mode, weighted by pixels: over fixed crops (an
+    NxCxHxW tensor, ``batch`` at a time) or over a sequence of images of any sizes (1xCxHxW each)."""
     was_training = model.training
     model.eval()
     tot = {"loss": 0.0, "bpp": 0.0, "mse": 0.0}
+    pixels = 0
     device = next(model.parameters()).device
-    for i in range(0, len(crops), batch):
-        x = crops[i : i + batch].to(device)
+    for x in images.split(batch) if torch.is_tensor(images) else images:
+        x = x.to(device)
         r = rd_loss(model(x), x, lmbda)
+        n = x.shape[0] * x.shape[-2] * x.shape[-1]
         for k in tot:
-            tot[k] += float(r[k]) * len(x)
+            tot[k] += float(r[k]) * n
+        pixels += n
     model.train(was_training)
-    res = {k: v / len(crops) for k, v in tot.items()}
+    res = {k: v / pixels for k, v in tot.items()}
     res["psnr"] = psnr_from_mse(res["mse"])
     return res
 

@@ -268,3 +268,23 @@ def test_a_run_uses_its_own_plateau_patience_not_the_checkpoints(photos, tmp_pat
     patient = dataclasses.replace(cfg(4), lr_patience=12)
     training.train(patient, photos, longer, resume=out, progress=False, log=lambda _: None)
     assert torch.load(longer, weights_only=True)["train_state"]["scheduler"]["patience"] == 12
+
+
+def test_evaluate_rd_weights_images_of_any_size_by_their_pixels(random_checkpoint):
+    from deepcomp import zoo
+
+    model = zoo.build("bmshj2018-factorized", 3)
+    model.load_state_dict(torch.load(random_checkpoint, weights_only=True)["state_dict"])
+    lmbda = zoo.mse_lambda(3)
+    torch.manual_seed(0)
+    small, large = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 128, 192)
+    each = [training.evaluate_rd(model, x, lmbda) for x in (small, large)]
+    both = training.evaluate_rd(model, [small, large], lmbda)
+    weights = (64 * 64, 128 * 192)
+    for k in ("loss", "bpp", "mse"):
+        assert both[k] == pytest.approx(sum(w * e[k] for w, e in zip(weights, each)) / sum(weights), rel=1e-6)
+    assert both["psnr"] == pytest.approx(training.psnr_from_mse(both["mse"]))
+    # a batch of equal crops gives what the crops give one at a time
+    crops = torch.rand(5, 3, 64, 64)
+    assert training.evaluate_rd(model, crops, lmbda, batch=2)["loss"] == pytest.approx(
+        training.evaluate_rd(model, list(crops.split(1)), lmbda)["loss"], rel=1e-5)

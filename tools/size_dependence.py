@@ -41,31 +41,17 @@ def size_arg(text: str) -> str | int:
     return size
 
 
-def images_at(files: list[Path], size: str | int) -> list[torch.Tensor]:
-    """The validation images at one size: fixed crops (1x3xSxS each), or whole photos trimmed to a multiple of 64."""
-    if size == FULL:
-        out = []
-        for f in files:
-            x = to_tensor(read_rgb(f))
-            h, w = x.shape[-2:]
-            out.append(x[..., : h // 64 * 64, : w // 64 * 64])
-        return out
-    return list(training.validation_crops(files, size).split(1))
-
-
-@torch.no_grad()
-def measure(model: torch.nn.Module, images: list[torch.Tensor], lmbda: float) -> dict:
-    """Pixel-weighted likelihood bpp, PSNR and RD loss of ``model`` over ``images``."""
-    bits = sq_err = pixels = 0.0
-    for x in images:
-        out = model(x)
-        r = training.rd_loss(out, x, lmbda)
-        n = x.shape[-2] * x.shape[-1]
-        bits += float(r["bpp"]) * n
-        sq_err += float(r["mse"]) * n
-        pixels += n
-    bpp, mse = bits / pixels, sq_err / pixels
-    return {"bpp": bpp, "psnr": training.psnr_from_mse(mse), "loss": lmbda * 255**2 * mse + bpp}
+def images_at(files: list[Path], size: str | int) -> torch.Tensor | list[torch.Tensor]:
+    """The validation images at one size: the fixed crops training validates on (NxCxSxS), or whole photos
+    trimmed to a multiple of 64 (1xCxHxW each)."""
+    if size != FULL:
+        return training.validation_crops(files, size)
+    out = []
+    for f in files:
+        x = to_tensor(read_rgb(f))
+        h, w = x.shape[-2:]
+        out.append(x[..., : h // 64 * 64, : w // 64 * 64])
+    return out
 
 
 def main(argv=None) -> int:
@@ -89,7 +75,7 @@ def main(argv=None) -> int:
             model, info = evaluation.open_model(path)
             lmbda = zoo.mse_lambda(info["quality"])
             for s in tqdm(args.sizes, desc=Path(path).name, unit="size", leave=False, disable=args.quiet):
-                rows.append({"model": path, "size": s, "images": len(sets[s]), **measure(model, sets[s], lmbda)})
+                rows.append({"model": path, "size": s, "images": len(sets[s]), **training.evaluate_rd(model, sets[s], lmbda)})
     except DeepCompError as e:
         print(f"size_dependence: {e}", file=sys.stderr)
         return 1

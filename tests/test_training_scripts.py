@@ -34,7 +34,7 @@ def repo(tmp_path) -> Path:
 def run_script(repo: Path, *args: str, **env: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
     base = {k: v for k, v in os.environ.items()
             if k not in ("LR", "LR_PATIENCE", "MINUTES", "QUALITY", "ANNEAL", "ANNEAL_LR", "THREADS", "PRECISION", "COMPILE",
-                         "JOBS", "DEST", "BASE", "QUALITIES", "PATCH", "RUNDIR", "START", "LARGE_STEPS",
+                         "JOBS", "DEST", "BASE", "QUALITIES", "PATCH", "RUNDIR", "START", "LARGE_STEPS", "ARCH",
                          "LARGE_PATCH")}
     calls = repo / "calls.txt"
     calls.unlink(missing_ok=True)
@@ -103,6 +103,25 @@ def test_anneal_0_exports_the_run_itself_and_quality_names_the_paths(repo):
     assert option(run, "--quality") == "5" and option(run, "-o") == "runs/q5long/q5.train.pth.tar"
     export = cli(calls, "export")[0]
     assert export[3:] == ["runs/q5long/q5.train.pth.tar", "-o", "artifacts/in-training/bmshj2018-factorized-q5.pth.tar"]
+
+
+def test_arch_continues_another_architecture_from_its_own_export_in_its_own_folder(repo):
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000")
+    assert r.returncode == 0, r.stderr
+    assert all(option(c, "--arch") == "bmshj2018-factorized" for c in trains(calls))
+
+    (repo / "artifacts" / "in-training").mkdir(exist_ok=True)  # the script made it for the factorized export
+    (repo / "artifacts" / "in-training" / "bmshj2018-hyperprior-q3.pth.tar").write_bytes(b"")
+    r, calls = run_script(repo, "tools/continue_baseline.sh", "5000", ARCH="bmshj2018-hyperprior", PATCH="256")
+    assert r.returncode == 0, r.stderr
+    run, anneal = trains(calls)
+    assert option(run, "--resume") == "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"
+    assert option(run, "-o") == "runs/hyperprior-q3long/q3.train.pth.tar"
+    assert option(run, "--arch") == option(anneal, "--arch") == "bmshj2018-hyperprior"
+    assert option(anneal, "--patch-size") == "256"
+    export = cli(calls, "export")[0]
+    assert export[3:] == ["runs/hyperprior-q3long/q3-annealed.train.pth.tar", "-o",
+                          "artifacts/in-training/bmshj2018-hyperprior-q3.pth.tar"]
 
 
 def test_a_branch_trains_its_own_crops_in_its_own_folder_from_start(repo):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Continue training a factorized baseline (quality 3 unless QUALITY=Q) across sessions, without touching the shipped
+# Continue training a baseline (the factorized quality 3 unless ARCH=, QUALITY=) across sessions, without touching the shipped
 # family: the run trains in runs/qQlong/ (resumable; lr 1e-4 at first, halved on validation plateaus), and each call ends by annealing a copy of it
 # (ANNEAL steps at ANNEAL_LR), exporting that copy to artifacts/in-training/ and writing its model card there
 # (Kodak, real bitstreams, against CompressAI's published curve). The next session resumes the run in runs/q3long/
@@ -12,6 +12,9 @@
 #   MINUTES=120                                     # stop the training phase after 120 minutes (then anneal and card as usual)
 #   ANNEAL=300 ANNEAL_LR=1e-5 THREADS=2
 #   QUALITY=5                                       # another quality of the family (default 3)
+#   ARCH=bmshj2018-hyperprior                       # another architecture (default bmshj2018-factorized): its run
+#                                                   # trains in runs/hyperprior-q3long/, its export is
+#                                                   # DEST/bmshj2018-hyperprior-q3.pth.tar (a fresh run resumes that)
 #   PRECISION=bf16                                  # deepcomp train --precision (docs/TRAINING.md)
 #   COMPILE=1                                       # deepcomp train --compile (torch.compile the transforms)
 #   LR=1e-4 LR_PATIENCE=4                           # the training phase's rate (default: the rate the run in runs/qQlong/
@@ -31,17 +34,18 @@ ANNEAL=${ANNEAL:-300}
 ANNEAL_LR=${ANNEAL_LR:-1e-5}
 PY=${PY:-python}
 Q=${QUALITY:-3}
-RUNDIR=${RUNDIR:-runs/q${Q}long}
+ARCH=${ARCH:-bmshj2018-factorized}
+if [ "$ARCH" = bmshj2018-factorized ]; then RUNDIR=${RUNDIR:-runs/q${Q}long}; else RUNDIR=${RUNDIR:-runs/${ARCH#bmshj2018-}-q${Q}long}; fi
 RUN=$RUNDIR/q$Q.train.pth.tar
 ANNEALED=$RUNDIR/q$Q-annealed.train.pth.tar
-OUT=${DEST:-artifacts/in-training}/bmshj2018-factorized-q$Q.pth.tar
+OUT=${DEST:-artifacts/in-training}/$ARCH-q$Q.pth.tar
 if [ -n "${START:-}" ]; then
   [ -f "$START" ] || { echo "continue_baseline.sh: START=$START: no such file" >&2; exit 1; }
 else
   START=$OUT
-  [ -f "$START" ] || START=artifacts/bmshj2018-factorized-q$Q.pth.tar
+  [ -f "$START" ] || START=artifacts/$ARCH-q$Q.pth.tar
 fi
-common=(--quality "$Q" --batch-size 8 --patch-size "${PATCH:-128}" ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
+common=(--arch "$ARCH" --quality "$Q" --batch-size 8 --patch-size "${PATCH:-128}" ${THREADS:+--threads $THREADS} ${PRECISION:+--precision $PRECISION})
 if [ "${COMPILE:-0}" = 1 ]; then common+=(--compile); fi
 mkdir -p "$RUNDIR" "$(dirname "$OUT")"
 

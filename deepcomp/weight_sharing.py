@@ -13,6 +13,7 @@ centroid and moves each centroid to the mean of its weights.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,7 @@ def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int 
     end up empty are dropped, so the codebook may be shorter than ``2**bits``.
     """
     from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
 
     _check_bits(bits)
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -91,7 +93,10 @@ def kmeans_share(values: np.ndarray, bits: int, init: str = "linear", seed: int 
     init_c = initial_centroids(values if init != "forgy" else points, k, init, seed)
     init_c = np.unique(init_c)
     km = KMeans(n_clusters=init_c.size, init=init_c.reshape(-1, 1), n_init=1, max_iter=max_iter, random_state=seed, tol=1e-10)
-    km.fit(points.reshape(-1, 1), sample_weight=weights)
+    with warnings.catch_warnings():
+        # fewer distinct clusters than centroids is expected here: the empty ones are dropped below
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        km.fit(points.reshape(-1, 1), sample_weight=weights)
     centroids = np.sort(km.cluster_centers_.ravel())
     # exact final step on the raw values: assign, then move to the mean
     idx = assign_nearest(values, centroids)

@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -20,6 +22,25 @@ def test_kmeans_codebook_is_sorted_and_small(values, bits, init):
     err = np.abs(s.reconstruct() - values)
     nearest = np.abs(values[:, None] - s.codebook[None, :]).min(axis=1)
     assert np.allclose(err, nearest, atol=1e-6)
+
+
+def test_kmeans_with_empty_clusters_drops_them_without_a_warning():
+    # values (found by the property test above) on which scikit-learn ends with fewer distinct clusters than
+    # centroids and warns (ConvergenceWarning); kmeans_share drops the empty ones, so a user sees no warning
+    v = np.array([1.0, 4.000572204589844, 0.0, 0.0023563404101878405, 3.9985992908477783, 4.419034004211426, 3.682953357696533,
+                  1.0, 2.499703884124756, -4.0, -0.0863853171467781, 2.5, -4.0, 0.9999999403953552, -1.931658921705548e-08,
+                  -2.6011647946688754e-07, 1.0, 3.9994335174560547, 2.9014744758605957, -4.634380346146827e-08,
+                  -3.212107912986539e-08, 1.1664104461669922, -4.0, -4.0, 4.0, 2.5, 1.0022391080856323, 0.999275267124176,
+                  3.6245057582855225, 1.0, 0.9313462972640991, -4.327879905700684, 4.0, 1.0000001192092896, 1.5155365467071533,
+                  2.5003747940063477, 4.000302791595459, 0.9999999403953552, 2.4044885635375977, 4.001104354858398, -4.0,
+                  3.999969244003296, -4.0, -4.0, -4.000000476837158, 0.0, 3.998224973678589, 3.9996225833892822, 2.5,
+                  9.692877210909501e-05, 2.5, 7.847165051089178e-08, 1.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = ws.kmeans_share(v, 5, init="forgy")
+    assert np.unique(s.indices).size == s.codebook.size <= 32
+    nearest = np.abs(v[:, None] - s.codebook[None, :]).min(axis=1)
+    assert np.allclose(np.abs(s.reconstruct() - v), nearest, atol=1e-6)
 
 
 def test_kmeans_beats_uniform_on_laplacian():
